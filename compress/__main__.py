@@ -1,0 +1,5 @@
+"""`python -m compress` is the `edgetier` command."""
+
+from compress.cli import main
+
+main()

@@ -1,0 +1,176 @@
+"""The `edgetier` command line.
+
+Every problem with the user's input ends as one paragraph on stderr and exit code 2 —
+never a traceback. Ctrl-C says how to continue (`--resume`) and exits 130.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from compress.core.errors import EdgetierError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compress one trained cloud model into verified edge and end bundles.")
+targets_app = typer.Typer(no_args_is_help=True, help="The hardware targets edgetier knows.")
+app.add_typer(targets_app, name="targets")
+# Wide enough for the summary table when output is a file or a CI log (rich assumes 80 columns there).
+out = Console(width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+
+
+class RichProgress:
+    """The `Progress` protocol drawn with rich bars."""
+
+    def __init__(self, console: Console) -> None:
+        self._bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TimeElapsedColumn(), console=console, transient=False)
+
+    def __enter__(self) -> RichProgress:
+        self._bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bars.stop()
+
+    def task(self, description: str, total: int | None) -> Any:
+        return self._bars.add_task(description, total=total)
+
+    def advance(self, task: Any, n: int = 1) -> None:
+        self._bars.advance(task, n)
+
+    def done(self, task: Any) -> None:
+        self._bars.update(task, completed=self._bars.tasks[task].total)
+
+
+def _fmt(value: Any, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "kib":
+        return f"{value / 1024:,.1f}"
+    if kind == "pct":
+        return f"{100 * value:.2f}"
+    if kind == "ms":
+        return f"{value:.3f}"
+    return f"{value:,}"
+
+
+def summary_table(models: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("model", "target", "prec", "KiB", "params", "MACs", "acc %", "host ms", "target ms"):
+        table.add_column(col, justify="left" if col in ("model", "target", "prec") else "right", no_wrap=True)
+    for m in models:
+        table.add_row(m["name"], m["target"], m["precision"], _fmt(m["bytes"], "kib"), _fmt(m["params"], "n"),
+                      _fmt(m["macs"], "n"), _fmt(m["accuracy"], "pct"), _fmt(m["latency_ms"], "ms"),
+                      _fmt(m["estimated_latency_ms"], "ms"))
+    return table
+
+
+@app.command()
+def run(recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
+        variant: Annotated[list[str] | None, typer.Option(help="only this variant (repeatable)")] = None,
+        out_dir: Annotated[Path, typer.Option("--out", help="where run folders go")] = Path("runs"),
+        resume: Annotated[bool, typer.Option(help="continue after the last finished stage")] = False,
+        seed: Annotated[int | None, typer.Option(help="override the recipe's seed")] = None) -> None:
+    """Train or load the cloud model, build every variant, export, verify and report."""
+    from compress.pipeline import run as run_pipeline
+    from compress.recipe import load_recipe
+
+    loaded = load_recipe(recipe)
+    try:
+        with RichProgress(err) as progress:
+            result = run_pipeline(loaded, out_dir=out_dir, variants=variant, resume=resume, seed=seed,
+                                  progress=progress, log=lambda msg: err.print(f"[dim]{msg}[/dim]"))
+    except KeyboardInterrupt:
+        err.print("interrupted: finished stages are checkpointed; rerun with --resume to continue")
+        raise typer.Exit(130) from None
+    out.print(summary_table(result.models, f"{loaded.name}: bundles in {result.run_dir}"))
+    out.print("Latency is measured in onnxruntime on this host, batch 1, "
+              f"{result.models[0]['latency_threads']} thread; the estimate is the target's roofline.")
+
+
+@app.command()
+def validate(recipe: Annotated[Path, typer.Argument(help="recipe YAML file")]) -> None:
+    """Check a recipe completely without running it."""
+    from compress.recipe import load_recipe
+
+    loaded = load_recipe(recipe)
+    for name in loaded.variants:
+        plan = loaded.resolve(name)
+        stages = ", ".join(f"{s.name} ({s.kind})" for s in plan.stages) or "no stages"
+        out.print(f"{name}: {plan.target.name} [{plan.target.tier}, {plan.target.runtime}] — {stages}")
+    out.print(f"{recipe}: valid")
+
+
+@app.command()
+def inspect(bundle: Annotated[Path, typer.Argument(help="bundle folder")]) -> None:
+    """Verify a bundle's hashes and print its manifest summary and report."""
+    from export.manifest import verify_bundle
+
+    manifest = verify_bundle(bundle)
+    table = Table(title=f"{bundle} — every sha256 verified")
+    table.add_column("file")
+    table.add_column("bytes", justify="right")
+    table.add_column("sha256")
+    for name, info in sorted(manifest["files"].items()):
+        table.add_row(name, f"{info['bytes']:,}", info["sha256"])
+    out.print(table)
+    out.print(f"variant {manifest['variant']} · target {manifest['target']['name']} ({manifest['target']['tier']}) · "
+              f"model {manifest['model']['file']} [{manifest['model']['format']}, {manifest['model']['precision']}] · "
+              f"input {manifest['input']['shape']} {manifest['input']['dtype']} · "
+              f"recipe {manifest['recipe']['name']} {manifest['recipe']['sha256'][:12]} · "
+              f"edgetier {manifest['toolkit']['version']}")
+    report = json.loads((bundle / "report.json").read_text(encoding="utf-8"))
+    out.print(summary_table(report["models"], "report (measured on the exported file)"))
+
+
+@targets_app.command("list")
+def targets_list() -> None:
+    """List the known hardware targets."""
+    from compress.targets import list_targets
+
+    table = Table(title="hardware targets")
+    for col in ("name", "tier", "runtime", "precisions", "RAM KiB", "storage KiB", "link"):
+        table.add_column(col)
+    for t in list_targets():
+        link = f"{t.link.technology} → {t.link.to}" if t.link else "-"
+        table.add_row(t.name, t.tier, t.runtime, ", ".join(t.supported_precisions), f"{t.memory.ram_kb:,}",
+                      f"{t.memory.storage_kb:,}", link)
+    out.print(table)
+
+
+@targets_app.command("show")
+def targets_show(name: Annotated[str, typer.Argument(help="target name or YAML path")]) -> None:
+    """Show one target's figures and sources."""
+    import yaml
+
+    from compress.targets import load_target
+
+    out.print(yaml.safe_dump(load_target(name).model_dump(mode="json"), sort_keys=False), end="")
+
+
+@app.command()
+def schema() -> None:
+    """Print the recipe JSON schema (for editor completion)."""
+    from compress.recipe import recipe_json_schema
+
+    print(json.dumps(recipe_json_schema(), indent=2))
+
+
+def main() -> None:
+    """Entry point: typer handles usage errors (exit 2); our input errors print one paragraph, exit 2."""
+    from export.errors import ExportError
+
+    try:
+        app()
+    except (EdgetierError, ExportError) as exc:
+        err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)

@@ -1,0 +1,46 @@
+"""Everything a technique may need besides the model, passed in explicitly (never global)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from compress.datasets import Dataset
+    from compress.targets import Target
+
+
+class Progress(Protocol):
+    """Where long work reports how far it is. `compress.train` and the CLI provide rich bars."""
+
+    def task(self, description: str, total: int | None) -> Any: ...
+    def advance(self, task: Any, n: int = 1) -> None: ...
+    def done(self, task: Any) -> None: ...
+
+
+class SilentProgress:
+    """A `Progress` that shows nothing (tests, notebooks that do not want bars)."""
+
+    def task(self, description: str, total: int | None) -> None:
+        return None
+
+    def advance(self, task: Any, n: int = 1) -> None:
+        pass
+
+    def done(self, task: Any) -> None:
+        pass
+
+
+@dataclass
+class Context:
+    """Inputs to `Technique.apply`: target, example inputs, data, teacher, seed, progress."""
+
+    example_inputs: tuple[torch.Tensor, ...]
+    target: Target | None = None
+    data: Dataset | None = None
+    teacher: nn.Module | None = None
+    seed: int = 0
+    progress: Progress = field(default_factory=SilentProgress)

@@ -1,0 +1,131 @@
+"""What a technique is: a config, `apply(model, ctx) -> Result`, and training hooks.
+
+Training-time techniques hand the trainer — ours or the user's own loop — a `Hooks` object
+with the loss terms and callbacks to call. Nothing wraps the user's optimizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from compress.core.config import TechniqueConfig
+from compress.core.context import Context
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+ModelFn = Callable[[nn.Module], None]
+EpochFn = Callable[[nn.Module, int], None]
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """What the exporter must do beyond a plain fp32 export (techniques that act on the artifact).
+
+    `quantize="int8_static"` asks for onnxruntime static int8 quantization calibrated on
+    `calib_samples` samples of the calibration split.
+    """
+
+    quantize: str | None = None
+    per_channel: bool = True
+    calib_samples: int = 256
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"quantize": self.quantize, "per_channel": self.per_channel, "calib_samples": self.calib_samples}
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """The calls a training loop makes for one technique; every field is optional.
+
+    - `loss(model, inputs, outputs, targets)` returns an extra loss term to add;
+    - `after_backward(model)` runs after `loss.backward()` and before `optimizer.step()`;
+    - `after_step(model)` runs after `optimizer.step()` (e.g. re-apply masks);
+    - `epoch_end(model, epoch)` runs after each epoch.
+    """
+
+    loss: LossFn | None = None
+    after_backward: ModelFn | None = None
+    after_step: ModelFn | None = None
+    epoch_end: EpochFn | None = None
+
+
+@dataclass(frozen=True)
+class HookSet:
+    """Several techniques' hooks called together, in stage order.
+
+    >>> hooks = HookSet([Hooks(after_step=lambda m: None)])
+    >>> model = nn.Linear(2, 2)
+    >>> x = torch.zeros(1, 2)
+    >>> float(hooks.loss(model, x, model(x), torch.zeros(1, dtype=torch.long)))
+    0.0
+    """
+
+    hooks: Sequence[Hooks] = ()
+
+    def __iter__(self) -> Iterator[Hooks]:
+        return iter(self.hooks)
+
+    def __add__(self, other: HookSet) -> HookSet:
+        return HookSet([*self.hooks, *other.hooks])
+
+    def loss(self, model: nn.Module, inputs: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        total = outputs.new_zeros(())
+        for h in self.hooks:
+            if h.loss is not None:
+                total = total + h.loss(model, inputs, outputs, targets)
+        return total
+
+    def after_backward(self, model: nn.Module) -> None:
+        for h in self.hooks:
+            if h.after_backward is not None:
+                h.after_backward(model)
+
+    def after_step(self, model: nn.Module) -> None:
+        for h in self.hooks:
+            if h.after_step is not None:
+                h.after_step(model)
+
+    def epoch_end(self, model: nn.Module, epoch: int) -> None:
+        for h in self.hooks:
+            if h.epoch_end is not None:
+                h.epoch_end(model, epoch)
+
+
+@dataclass
+class Result:
+    """What `apply` returns. Unpacks as `model, report = result`; `hooks` and `export` ride along."""
+
+    model: nn.Module
+    report: dict[str, Any] = field(default_factory=dict)
+    hooks: HookSet = field(default_factory=HookSet)
+    export: ExportPlan | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.model, self.report))
+
+
+class Technique(Protocol):
+    """A compression technique: built from its config, applied to a model."""
+
+    config_type: ClassVar[type[TechniqueConfig]]
+    config: TechniqueConfig
+
+    def apply(self, model: nn.Module, ctx: Context) -> Result: ...
+
+
+class BaseTechnique:
+    """Convenience base: stores the config; techniques override `apply`."""
+
+    config_type: ClassVar[type[TechniqueConfig]] = TechniqueConfig
+
+    def __init__(self, config: TechniqueConfig) -> None:
+        if not isinstance(config, self.config_type):
+            raise TypeError(f"{type(self).__name__} takes a {self.config_type.__name__}, got {type(config).__name__}")
+        self.config = config
+
+    def apply(self, model: nn.Module, ctx: Context) -> Result:  # pragma: no cover - abstract
+        raise NotImplementedError

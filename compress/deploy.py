@@ -1,0 +1,153 @@
+"""Export one model for its target, check it against PyTorch, measure it, and write its bundle.
+
+Every number in the report is measured here on the exported file: its bytes on disk, its
+parameters, its accuracy in onnxruntime on the test split and its batch-1 latency in
+onnxruntime on this host. MACs are counted on the PyTorch model that was exported, and
+the target's latency is estimated from them with the roofline in `compress.targets.latency`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from compress.core.errors import EdgetierError, TargetError
+from compress.core.measure import activation_bytes, count_macs, count_nonzero, count_params
+from compress.core.technique import ExportPlan
+from compress.datasets import Dataset
+from compress.targets import Target
+from compress.targets.latency import estimate_latency
+from export.bundle import write_bundle
+from export.errors import ParityError
+from export.measure import latency_ms, onnx_stats
+from export.onnx import check_parity, export_onnx
+from export.quantize import quantize_int8_static
+from export.report import render_markdown
+
+LATENCY_THREADS = 1
+PARITY_SAMPLES = 256
+
+
+def toolkit_version() -> str:
+    try:
+        return version("edgetier")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0+unknown"
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """Who the bundle is for: its name (`cloud`, `edge`, ...), target, recipe identity and seed."""
+
+    name: str
+    target: Target
+    recipe_name: str
+    recipe_sha256: str
+    seed: int
+
+
+def _onnx_logits(path: Path, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)])
+
+
+def deploy(model: nn.Module, spec: BundleSpec, *, data: Dataset, example_inputs: tuple[torch.Tensor, ...],
+           export_plan: ExportPlan | None, stages: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+    """Export `model` into the bundle folder `out_dir` and return its report entry."""
+    model = model.eval()
+    target = spec.target
+    notes = []
+    if target.export_format != "onnx":
+        notes.append(f"target {target.name} runs {target.runtime} ({target.export_format}); this version of edgetier "
+                     "exports ONNX only, so the ONNX file was exported and measured in onnxruntime")
+    quantize = export_plan.quantize if export_plan else None
+    precision = "int8" if quantize == "int8_static" else "fp32"
+    with tempfile.TemporaryDirectory(prefix="edgetier-export-") as tmp:
+        fp32_path = export_onnx(model, example_inputs, Path(tmp) / "model.fp32.onnx")
+        x_check = data.test.x[:PARITY_SAMPLES]
+        parity = check_parity(fp32_path, model, x_check, atol=target.tolerance.atol, rtol=target.tolerance.rtol)
+        if not parity.passed:
+            raise ParityError(f"fp32 ONNX differs from PyTorch by {parity.max_abs_diff:.3g} (tolerance atol "
+                              f"{target.tolerance.atol}, rtol {target.tolerance.rtol})", where=spec.name,
+                              fix="report this model; an operator exports differently from its PyTorch meaning")
+        final_path = fp32_path
+        if quantize == "int8_static":
+            calib = data.calib.x[:export_plan.calib_samples]
+            final_path = quantize_int8_static(fp32_path, Path(tmp) / "model.onnx", calib,
+                                              per_channel=export_plan.per_channel)
+            parity = check_parity(final_path, model, x_check, atol=float("inf"), rtol=float("inf"))
+            need = target.tolerance.quantized_top1_agreement
+            if parity.top1_agreement < need:
+                raise ParityError(f"int8 ONNX agrees with PyTorch on top-1 for {parity.top1_agreement:.1%} of "
+                                  f"{len(x_check)} test samples, below the target's {need:.0%}", where=spec.name,
+                                  fix="skip ptq_int8 for this variant or fine-tune with quantization-aware training")
+        elif quantize is not None:  # pragma: no cover - ExportPlan values come from registered techniques
+            raise EdgetierError(f"unknown export quantization {quantize!r}")
+
+        stats = onnx_stats(final_path)
+        accuracy = float((_onnx_logits(final_path, data.test.x).argmax(1) == data.test.y).mean())
+        torch_accuracy = float((_torch_logits(model, data.test.x).argmax(1) == data.test.y).mean())
+        timing = latency_ms(final_path, data.test.x[:1], threads=LATENCY_THREADS)
+        macs = count_macs(model, example_inputs)
+        act_bytes = activation_bytes(model, example_inputs, bytes_per_element=1 if precision == "int8" else 4)
+        try:
+            estimate = estimate_latency(target, macs=macs, weight_bytes=stats["bytes"], activation_bytes=act_bytes,
+                                        precision=precision)
+            estimated_ms: float | None = estimate.ms
+        except TargetError as exc:
+            estimated_ms = None
+            notes.append(f"no latency estimate: {exc.problem}")
+        entry = {
+            "name": spec.name, "target": target.name, "tier": target.tier, "runtime": "onnxruntime",
+            "format": "onnx", "precision": precision,
+            "bytes": stats["bytes"], "params": stats["params"], "torch_params": count_params(model),
+            "nonzero_params": count_nonzero(model), "macs": macs,
+            "accuracy": accuracy, "torch_accuracy": torch_accuracy,
+            "latency_ms": timing.median_ms, "latency_p90_ms": timing.p90_ms, "latency_threads": timing.threads,
+            "estimated_latency_ms": estimated_ms,
+            "parity": {"max_abs_diff": parity.max_abs_diff, "top1_agreement": parity.top1_agreement,
+                       "samples": len(x_check)},
+            "stages": stages, "notes": notes,
+        }
+        manifest = _manifest(spec, data, example_inputs, precision, export_plan)
+        report = {"recipe": spec.recipe_name, "models": [entry]}
+        write_bundle(out_dir, files={"model.onnx": final_path}, manifest=manifest, report=report,
+                     report_md=render_markdown(report))
+    return entry
+
+
+@torch.no_grad()
+def _torch_logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    return np.concatenate([model(torch.from_numpy(x[i:i + batch_size])).numpy() for i in range(0, len(x), batch_size)])
+
+
+def _manifest(spec: BundleSpec, data: Dataset, example_inputs: tuple[torch.Tensor, ...], precision: str,
+              export_plan: ExportPlan | None) -> dict[str, Any]:
+    t = spec.target
+    return {
+        "format_version": 1,
+        "toolkit": {"name": "edgetier", "version": toolkit_version()},
+        "recipe": {"name": spec.recipe_name, "sha256": spec.recipe_sha256},
+        "variant": spec.name,
+        "seed": spec.seed,
+        "target": {"name": t.name, "tier": t.tier, "runtime": t.runtime,
+                   "compute": t.compute.model_dump(mode="json"),
+                   "link": t.link.model_dump(mode="json") if t.link else None,
+                   "tolerance": t.tolerance.model_dump(mode="json")},
+        "input": {"name": "input", "shape": [None, *example_inputs[0].shape[1:]], "dtype": "float32"},
+        "output": {"name": "logits", "shape": [None, data.num_classes]},
+        "labels": list(data.labels),
+        "model": {"file": "model.onnx", "format": "onnx", "precision": precision},
+        "export_plan": export_plan.to_dict() if export_plan else None,
+    }

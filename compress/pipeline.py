@@ -1,0 +1,221 @@
+"""Runs a recipe: trains or loads the cloud model, builds each variant stage by stage, exports.
+
+Layout of a run folder `OUT/<recipe name>/`:
+- `cloud/`, `<variant>/` — the bundles (written atomically);
+- `checkpoints/cloud.pt` — the trained cloud model, reused by later runs of the same recipe
+  (same model, data, training and seed);
+- `checkpoints/<variant>/<NN>-<stage>.pt` — the state after each finished stage. With
+  `resume=True` a variant continues after its last finished stage. Each stage trains from a
+  seed derived from (run seed, variant, stage index) and shuffles with its own generator,
+  so a resumed run ends with the same weights — and the same model files — as an
+  uninterrupted one.
+- `report.json`, `report.md` — every model side by side.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.core.context import Context, Progress, SilentProgress
+from compress.core.errors import EdgetierError, RecipeError
+from compress.core.technique import ExportPlan, HookSet
+from compress.core.train import TrainSpec, evaluate, fit
+from compress.datasets import Dataset
+from compress.datasets import load as load_dataset
+from compress.deploy import BundleSpec, deploy
+from compress.models import build_from_spec
+from compress.recipe import Plan, Recipe
+from compress.registry import build as build_technique
+from export.report import render_markdown
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    bundles: dict[str, Path]
+    models: list[dict[str, Any]]
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stage_seed(seed: int, variant: str, index: int) -> int:
+    """The seed a stage trains with: independent of what ran before it in this process."""
+    return int(_digest(seed, variant, index), 16) % (2**31)
+
+
+def _save(obj: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a kill mid-write leaves the old checkpoint or none, never half of one
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _example_inputs(model: nn.Module, data: Dataset) -> tuple[torch.Tensor, ...]:
+    if hasattr(model, "example_inputs"):
+        return tuple(model.example_inputs())
+    return (torch.from_numpy(data.test.x[:1]),)
+
+
+def run(recipe: Recipe, *, out_dir: str | Path = "runs", variants: list[str] | None = None, resume: bool = False,
+        seed: int | None = None, progress: Progress | None = None, log: Log = lambda _msg: None) -> RunResult:
+    """Run `recipe` and return where its bundles are and their report entries.
+
+    `variants` limits the run to those variants (the cloud bundle is always written).
+    """
+    seed = recipe.seed if seed is None else seed
+    progress = progress or SilentProgress()
+    names = list(recipe.variants) if not variants else variants
+    for name in names:
+        if name not in recipe.variants:
+            raise RecipeError(f"no variant {name!r}", where=str(recipe.path),
+                              fix=f"use one of: {', '.join(recipe.variants)}")
+    plans = [recipe.resolve(name) for name in names]
+    run_dir = Path(out_dir) / recipe.name
+    data = _load_data(recipe, seed)
+    cloud, fingerprint = _cloud_model(recipe, data, run_dir, seed, progress, log)
+    example_inputs = _example_inputs(cloud, data)
+    bundles: dict[str, Path] = {}
+    models: list[dict[str, Any]] = []
+    cloud_spec = BundleSpec("cloud", recipe.cloud_target(), recipe.name, recipe.sha256, seed)
+    log("exporting the cloud model")
+    entry = deploy(cloud, cloud_spec, data=data, example_inputs=example_inputs, export_plan=None, stages=[],
+                   out_dir=run_dir / "cloud")
+    bundles["cloud"], models = run_dir / "cloud", [entry]
+    for plan in plans:
+        model, export_plan, stage_reports = _run_variant(plan, cloud, fingerprint, data, example_inputs, run_dir,
+                                                         seed, resume, progress, log)
+        log(f"exporting variant {plan.variant!r} for {plan.target.name}")
+        spec = BundleSpec(plan.variant, plan.target, recipe.name, recipe.sha256, seed)
+        models.append(deploy(model, spec, data=data, example_inputs=example_inputs, export_plan=export_plan,
+                             stages=stage_reports, out_dir=run_dir / plan.variant))
+        bundles[plan.variant] = run_dir / plan.variant
+    _write_run_report(run_dir, recipe, models)
+    return RunResult(run_dir=run_dir, bundles=bundles, models=models)
+
+
+def _load_data(recipe: Recipe, seed: int) -> Dataset:
+    try:
+        return load_dataset(recipe.data.dataset, seed=seed, **recipe.data.options)
+    except EdgetierError as exc:
+        problem = f"{exc.where}: {exc.problem}" if exc.where else exc.problem
+        raise RecipeError(problem, where=recipe.where(("data",)), fix=exc.fix) from None
+
+
+def _cloud_model(recipe: Recipe, data: Dataset, run_dir: Path, seed: int, progress: Progress,
+                 log: Log) -> tuple[nn.Module, str]:
+    torch.manual_seed(seed)  # model initialization is part of what the seed fixes
+    spec = recipe.model
+    model = build_from_spec(zoo=spec.zoo, factory=spec.factory, options=spec.options,
+                            input_shape=data.input_shape, num_classes=data.num_classes)
+    if spec.checkpoint is not None:
+        path = recipe.resolve_file(spec.checkpoint)
+        _load_state(model, _load(path), where=recipe.where(("model", "checkpoint")))
+        log(f"cloud model loaded from {path}")
+        return model.eval(), _digest("checkpoint", hashlib.sha256(path.read_bytes()).hexdigest())
+    train = TrainSpec().patched(recipe.defaults.train).patched(spec.train)
+    fingerprint = _digest(spec.model_dump(), recipe.data.model_dump(), train.model_dump(), seed)
+    ckpt = run_dir / "checkpoints" / "cloud.pt"
+    if ckpt.is_file():
+        saved = _load(ckpt)
+        if saved.get("fingerprint") == fingerprint:
+            model.load_state_dict(saved["state_dict"])
+            log(f"cloud model reused from {ckpt}")
+            return model.eval(), fingerprint
+    log(f"training the cloud model ({train.epochs} epochs)")
+    fit(model, data.train, train, seed=seed, progress=progress, description="cloud: train")
+    log(f"cloud model: validation accuracy {evaluate(model, data.val):.2%}")
+    _save({"fingerprint": fingerprint, "state_dict": model.state_dict()}, ckpt)
+    return model.eval(), fingerprint
+
+
+def _load_state(model: nn.Module, state: Any, *, where: str) -> None:
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RecipeError(f"the checkpoint does not fit the model ({first})", where=where,
+                          fix="save `model.state_dict()` of the same architecture and parameters as `model`") from None
+
+
+def _run_variant(plan: Plan, cloud: nn.Module, cloud_fingerprint: str, data: Dataset,
+                 example_inputs: tuple[torch.Tensor, ...], run_dir: Path, seed: int, resume: bool,
+                 progress: Progress, log: Log) -> tuple[nn.Module, ExportPlan | None, list[dict[str, Any]]]:
+    ckpt_dir = run_dir / "checkpoints" / plan.variant
+    if not resume and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    paths = [ckpt_dir / f"{stage.index:02d}-{stage.name}.pt" for stage in plan.stages]
+    # Each stage's fingerprint chains everything before it, so the newest matching checkpoint
+    # proves that all earlier stages match too.
+    fingerprints, fingerprint = [], _digest(cloud_fingerprint, plan.variant, plan.target.name, seed)
+    for stage in plan.stages:
+        fingerprint = _digest(fingerprint, stage.kind, stage.config.to_dict(),
+                              stage.train.model_dump() if stage.train else None)
+        fingerprints.append(fingerprint)
+    model = copy.deepcopy(cloud)
+    export_plan: ExportPlan | None = None
+    reports: list[dict[str, Any]] = []
+    start = 0
+    for position in reversed(range(len(plan.stages))) if resume else ():
+        if paths[position].is_file():
+            saved = _load(paths[position])
+            if saved.get("fingerprint") == fingerprints[position]:
+                model.load_state_dict(saved["state_dict"])
+                reports = list(saved["reports"])
+                export_plan = ExportPlan(**saved["export_plan"]) if saved["export_plan"] else None
+                start = position + 1
+                log(f"{plan.variant}: resuming after stage {plan.stages[position].name!r}")
+                break
+    hooks = HookSet()
+    task = progress.task(f"{plan.variant}: stages", total=len(plan.stages))
+    progress.advance(task, start)
+    for position, stage in enumerate(plan.stages[start:], start=start):
+        log(f"{plan.variant}: stage {stage.name!r} ({stage.kind})")
+        s_seed = stage_seed(seed, plan.variant, stage.index)
+        torch.manual_seed(s_seed)
+        ctx = Context(example_inputs=example_inputs, target=plan.target, data=data, teacher=cloud, seed=s_seed,
+                      progress=progress)
+        result = build_technique(stage.config).apply(model, ctx)
+        model = result.model
+        hooks = hooks + result.hooks
+        export_plan = result.export or export_plan
+        report: dict[str, Any] = {"stage": stage.name, "kind": stage.kind, **result.report}
+        if stage.train is not None and stage.train.epochs > 0:
+            history = fit(model, data.train, stage.train, hooks=hooks, val=data.val, seed=s_seed, progress=progress,
+                          description=f"{plan.variant}: {stage.name}")
+            report["val_accuracy"] = history.val_accuracy[-1]
+        reports.append(report)
+        _save({"fingerprint": fingerprints[position], "state_dict": model.state_dict(), "reports": reports,
+               "export_plan": export_plan.to_dict() if export_plan else None}, paths[position])
+        progress.advance(task)
+    progress.done(task)
+    return model.eval(), export_plan, reports
+
+
+def _write_run_report(run_dir: Path, recipe: Recipe, models: list[dict[str, Any]]) -> None:
+    report = {"recipe": recipe.name, "recipe_sha256": recipe.sha256, "models": models}
+    for name, text in (("report.json", json.dumps(report, indent=2, sort_keys=True)),
+                       ("report.md", render_markdown(report))):
+        tmp = run_dir / f".{name}.tmp"
+        tmp.write_text(text + "\n", encoding="utf-8")
+        os.replace(tmp, run_dir / name)

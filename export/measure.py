@@ -1,0 +1,167 @@
+"""Measurements of an exported artifact: latency in its runtime, accuracy, and what the file holds.
+
+Every reported win is measured on the exported file (bytes on disk, runtime latency), never
+on the PyTorch model it came from. Torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from export.errors import ExportError
+from export.runtime import input_dtype, make_session
+
+__all__ = ["Latency", "accuracy_of", "latency_ms", "onnx_stats"]
+
+# Ops whose initializer inputs are learned weights or biases.
+_WEIGHT_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN"})
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Batch-1 latency in milliseconds over `repeats` timed runs with `threads` intra-op threads."""
+
+    median_ms: float
+    p90_ms: float
+    threads: int
+    repeats: int
+
+
+def latency_ms(
+    onnx_path: str | os.PathLike[str],
+    x_one: np.ndarray,
+    *,
+    threads: int = 1,
+    warmup: int = 10,
+    repeats: int = 50,
+) -> Latency:
+    """Time `session.run` on one sample, after `warmup` untimed runs (allocations, caches).
+
+    >>> import tempfile, pathlib, numpy as np
+    >>> from export._examples import tiny_onnx
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     lat = latency_ms(tiny_onnx(pathlib.Path(d) / "m.onnx"), np.ones((1, 4)), repeats=5)
+    >>> lat.median_ms > 0, lat.threads, lat.repeats
+    (True, 1, 5)
+    """
+    if repeats < 1 or warmup < 0:
+        raise ExportError(
+            f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}", where=str(onnx_path)
+        )
+    x_one = np.asarray(x_one)
+    if x_one.ndim < 1 or x_one.shape[0] != 1:
+        raise ExportError(
+            f"latency is measured at batch 1, got an input of shape {list(x_one.shape)}",
+            where=str(onnx_path),
+            fix="pass x[:1]",
+        )
+    session = make_session(onnx_path, threads=threads)
+    spec = session.get_inputs()[0]
+    feed = {spec.name: x_one.astype(input_dtype(session), copy=False)}
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = np.empty(repeats)
+    for i in range(repeats):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times[i] = time.perf_counter() - start
+    times *= 1e3
+    return Latency(
+        median_ms=float(np.median(times)),
+        p90_ms=float(np.percentile(times, 90)),
+        threads=threads,
+        repeats=repeats,
+    )
+
+
+def accuracy_of(logits: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of rows whose argmax logit equals the integer label.
+
+    >>> accuracy_of(np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]]), np.array([1, 0, 0]))
+    0.6666666666666666
+    """
+    logits, y = np.asarray(logits), np.asarray(y)
+    if logits.ndim != 2 or y.shape != (len(logits),):
+        raise ExportError(
+            f"expected logits [N, classes] and labels [N], got {list(logits.shape)} and {list(y.shape)}",
+            fix="pass the model's logits and one integer label per row",
+        )
+    return float(np.mean(logits.argmax(axis=1) == y)) if len(y) else float("nan")
+
+
+def onnx_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Size on disk, learned parameter count, and element count per initializer dtype.
+
+    `params` counts the elements of float and integer tensors of rank >= 1 that feed a
+    Conv/Gemm/MatMul/RNN node (weights and biases), directly or through a DequantizeLinear's
+    data input, plus the bias of an Add that directly follows such a MatMul. Quantization scales
+    and zero points, shapes and other constants are not parameters. A model's folded
+    BatchNorm shows up as (at most) a Conv bias, so `params` can be below PyTorch's count.
+
+    >>> import tempfile, pathlib
+    >>> from export._examples import tiny_onnx
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     s = onnx_stats(tiny_onnx(pathlib.Path(d) / "m.onnx"))
+    >>> s["params"], s["precision_counts"]
+    (15, {'float32': 15})
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError("ONNX file not found", where=str(path), fix="export the model first")
+    model = onnx.load(os.fspath(path))
+    tensors: dict[str, onnx.TensorProto] = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    tensors[node.output[0]] = attr.t
+    counts: dict[str, int] = {}
+    for t in tensors.values():
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).name
+        counts[dtype] = counts.get(dtype, 0) + _numel(t)
+    weights = _weight_tensors(model.graph, tensors)
+    return {
+        "bytes": path.stat().st_size,
+        "params": sum(_numel(tensors[name]) for name in weights),
+        "precision_counts": dict(sorted(counts.items())),
+    }
+
+
+def _weight_tensors(graph: onnx.GraphProto, tensors: dict[str, onnx.TensorProto]) -> set[str]:
+    # A QDQ weight reaches its op through DequantizeLinear's first input: map its output back.
+    dequantized = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    weight_matmuls = set()
+    found: set[str] = set()
+    for node in graph.node:
+        if node.op_type not in _WEIGHT_OPS:
+            continue
+        for name in node.input:
+            source = dequantized.get(name, name)
+            if source in tensors and _is_weight_like(tensors[source]):
+                found.add(source)
+                if node.op_type == "MatMul":
+                    weight_matmuls.add(node.output[0])
+    for node in graph.node:
+        if node.op_type == "Add" and any(i in weight_matmuls for i in node.input):
+            for name in node.input:
+                source = dequantized.get(name, name)
+                if source in tensors and _is_weight_like(tensors[source]):
+                    found.add(source)
+    return found
+
+
+def _is_weight_like(t: onnx.TensorProto) -> bool:
+    kind = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).kind
+    return len(t.dims) >= 1 and kind in "fiu"
+
+
+def _numel(t: onnx.TensorProto) -> int:
+    return int(np.prod(t.dims, dtype=np.int64))

@@ -1,0 +1,208 @@
+"""The device runtime: load a verified bundle and run it with numpy + onnxruntime only.
+
+A device has no torch and no `compress`; this module and everything it imports use only the
+standard library, numpy and onnxruntime (a test checks that importing it loads no torch).
+
+Manifest keys read here: `files` (verified before anything is opened), `model.file`,
+`model.format`, `input.name`, `input.shape`, `input.dtype`, `output.name`, `labels`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf
+
+from export.errors import BundleError, ExportError
+from export.manifest import verify_bundle
+
+__all__ = ["Bundle", "input_dtype", "load", "make_session"]
+
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def make_session(path: str | os.PathLike[str], *, threads: int = 1) -> ort.InferenceSession:
+    """A CPU onnxruntime session with a fixed thread count and sequential execution.
+
+    Fixed threads make latency comparable between runs and hosts; one inter-op thread and
+    sequential execution match what a small device does.
+
+    >>> import tempfile, pathlib
+    >>> from export._examples import tiny_onnx
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     s = make_session(tiny_onnx(pathlib.Path(d) / "m.onnx"), threads=1)
+    >>> [i.name for i in s.get_inputs()]
+    ['input']
+    """
+    if threads < 1:
+        raise ExportError(f"threads must be at least 1, got {threads}", fix="pass threads=1 or more")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(os.fspath(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def input_dtype(session: ort.InferenceSession, index: int = 0) -> np.dtype:
+    """The numpy dtype an onnxruntime session expects for one of its inputs.
+
+    >>> import tempfile, pathlib
+    >>> from export._examples import tiny_onnx
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     input_dtype(make_session(tiny_onnx(pathlib.Path(d) / "m.onnx")))
+    dtype('float32')
+    """
+    kind = session.get_inputs()[index].type
+    if kind not in _ORT_DTYPES:
+        raise ExportError(f"model input type {kind} is not supported here", fix="export with a float32 input")
+    return np.dtype(_ORT_DTYPES[kind])
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded bundle: its folder, its verified manifest, and an onnxruntime session."""
+
+    path: Path
+    manifest: dict[str, Any]
+    session: ort.InferenceSession = field(repr=False)
+
+    @property
+    def labels(self) -> list[Any]:
+        """Class labels from the manifest, in logit order (empty when the manifest has none)."""
+        return list(self.manifest.get("labels", []))
+
+    def iter_predict(self, x: np.ndarray, batch_size: int = 256) -> Iterator[np.ndarray]:
+        """Yield float32 logits for consecutive batches of `x`, so memory stays bounded.
+
+        >>> import tempfile, pathlib, numpy as np
+        >>> from export._examples import tiny_bundle
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     b = load(tiny_bundle(pathlib.Path(d) / "b"))
+        ...     [y.shape for y in b.iter_predict(np.ones((5, 4)), batch_size=2)]
+        [(2, 3), (2, 3), (1, 3)]
+        """
+        if batch_size < 1:
+            raise ExportError(
+                f"batch_size must be at least 1, got {batch_size}", fix="pass batch_size=1 or more"
+            )
+        x = self._checked_input(x)
+        in_name, out_name = self.manifest["input"]["name"], self.manifest["output"]["name"]
+        for start in range(0, len(x), batch_size):
+            (logits,) = self.session.run([out_name], {in_name: x[start : start + batch_size]})
+            yield np.asarray(logits, dtype=np.float32)
+
+    def predict(self, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+        """Float32 logits for all of `x` (cast to the manifest's input dtype), run in batches.
+
+        >>> import tempfile, pathlib, numpy as np
+        >>> from export._examples import tiny_bundle
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     b = load(tiny_bundle(pathlib.Path(d) / "b"))
+        ...     b.predict(np.ones((2, 4))).astype(float).round(2).tolist()
+        [[0.4, 0.0, -0.4], [0.4, 0.0, -0.4]]
+        """
+        batches = list(self.iter_predict(x, batch_size))
+        if batches:
+            return np.concatenate(batches, axis=0)
+        # No rows: run an empty batch so the result still has the right trailing shape.
+        in_name, out_name = self.manifest["input"]["name"], self.manifest["output"]["name"]
+        (logits,) = self.session.run([out_name], {in_name: self._checked_input(x)})
+        return np.asarray(logits, dtype=np.float32)
+
+    def _checked_input(self, x: np.ndarray) -> np.ndarray:
+        spec = self.manifest["input"]
+        x = np.asarray(x, dtype=np.dtype(spec["dtype"]))
+        shape = spec.get("shape")
+        if shape is not None:
+            fits = x.ndim == len(shape) and all(
+                d is None or d == n for d, n in zip(shape, x.shape, strict=True)
+            )
+            if not fits:
+                raise ExportError(
+                    f"input of shape {list(x.shape)} does not fit the bundle's input shape {shape} "
+                    "(null = any size)",
+                    where=str(self.path),
+                    fix="reshape the input to the shape in manifest.json 'input.shape'",
+                )
+        return x
+
+
+def load(bundle_dir: str | os.PathLike[str], *, threads: int = 1) -> Bundle:
+    """Verify a bundle's hashes, then open its model; refuse anything that does not match.
+
+    >>> import tempfile, pathlib
+    >>> from export._examples import tiny_bundle
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     b = load(tiny_bundle(pathlib.Path(d) / "b"))
+    ...     b.manifest["model"]["format"], b.labels
+    ('onnx', ['a', 'b', 'c'])
+    """
+    root = Path(bundle_dir)
+    manifest = verify_bundle(root)
+    model = _spec(manifest, "model", ("file", "format"), root)
+    if model["format"] != "onnx":
+        raise BundleError(
+            f"model format '{model['format']}' is not supported: this runtime build supports onnx only "
+            "(LiteRT support comes later)",
+            where=str(root / "manifest.json"),
+            fix="export the variant with format onnx, or run it with a LiteRT runtime",
+        )
+    if model["file"] not in manifest["files"]:
+        raise BundleError(
+            f"model file '{model['file']}' is not listed in the manifest's files, so it cannot be verified",
+            where=str(root / "manifest.json"),
+            fix="re-export the bundle with export.bundle.write_bundle",
+        )
+    inp = _spec(manifest, "input", ("name", "dtype"), root)
+    out = _spec(manifest, "output", ("name",), root)
+    try:
+        np.dtype(inp["dtype"])
+    except TypeError:
+        raise BundleError(
+            f"input dtype '{inp['dtype']}' is not a numpy dtype",
+            where=str(root / "manifest.json"),
+            fix="re-export the bundle",
+        ) from None
+    try:
+        session = make_session(root / model["file"], threads=threads)
+    except (Fail, InvalidGraph, InvalidProtobuf) as err:
+        raise BundleError(
+            f"onnxruntime cannot open '{model['file']}' ({str(err).splitlines()[0]})",
+            where=str(root),
+            fix="re-export the bundle; if it was exported fine, use an opset this onnxruntime supports",
+        ) from None
+    names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+    if inp["name"] not in names[0] or out["name"] not in names[1]:
+        raise BundleError(
+            f"the manifest names input '{inp['name']}' and output '{out['name']}', but the model has "
+            f"inputs {names[0]} and outputs {names[1]}",
+            where=str(root / "manifest.json"),
+            fix="re-export the bundle so the manifest and model agree",
+        )
+    return Bundle(path=root, manifest=manifest, session=session)
+
+
+def _spec(manifest: dict[str, Any], key: str, needed: tuple[str, ...], root: Path) -> dict[str, Any]:
+    entry = manifest.get(key)
+    if not isinstance(entry, dict) or any(k not in entry for k in needed):
+        raise BundleError(
+            f"manifest entry '{key}' is missing or lacks {', '.join(repr(k) for k in needed)}",
+            where=str(root / "manifest.json"),
+            fix="re-export the bundle",
+        )
+    return entry
