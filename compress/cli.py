@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from compress.core.errors import EdgetierError
+from export.errors import ExplainedError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress one trained cloud model into verified edge and end bundles.")
@@ -167,10 +167,8 @@ def schema() -> None:
 
 def main() -> None:
     """Entry point: typer handles usage errors (exit 2); our input errors print one paragraph, exit 2."""
-    from export.errors import ExportError
-
     try:
         app()
-    except (EdgetierError, ExportError) as exc:
+    except ExplainedError as exc:
         err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)

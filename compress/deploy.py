@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from torch import nn
 
 from compress.core.errors import EdgetierError, TargetError
 from compress.core.measure import activation_bytes, count_macs, count_nonzero, count_params
 from compress.core.technique import ExportPlan
+from compress.core.train import predict
 from compress.datasets import Dataset
 from compress.targets import Target
 from compress.targets.latency import estimate_latency
@@ -31,6 +31,7 @@ from export.measure import latency_ms, onnx_stats
 from export.onnx import check_parity, export_onnx
 from export.quantize import quantize_int8_static
 from export.report import render_markdown
+from export.runtime import make_session
 
 LATENCY_THREADS = 1
 PARITY_SAMPLES = 256
@@ -55,9 +56,7 @@ class BundleSpec:
 
 
 def _onnx_logits(path: Path, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = make_session(path, threads=2)  # accuracy, not latency: use both cores
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)])
 
@@ -97,7 +96,7 @@ def deploy(model: nn.Module, spec: BundleSpec, *, data: Dataset, example_inputs:
 
         stats = onnx_stats(final_path)
         accuracy = float((_onnx_logits(final_path, data.test.x).argmax(1) == data.test.y).mean())
-        torch_accuracy = float((_torch_logits(model, data.test.x).argmax(1) == data.test.y).mean())
+        torch_accuracy = float((predict(model, data.test.x).argmax(1) == data.test.y).mean())
         timing = latency_ms(final_path, data.test.x[:1], threads=LATENCY_THREADS)
         macs = count_macs(model, example_inputs)
         act_bytes = activation_bytes(model, example_inputs, bytes_per_element=1 if precision == "int8" else 4)
@@ -121,15 +120,10 @@ def deploy(model: nn.Module, spec: BundleSpec, *, data: Dataset, example_inputs:
             "stages": stages, "notes": notes,
         }
         manifest = _manifest(spec, data, example_inputs, precision, export_plan)
-        report = {"recipe": spec.recipe_name, "models": [entry]}
+        report = {"recipe": spec.recipe_name, "models": [entry], "notes": notes}
         write_bundle(out_dir, files={"model.onnx": final_path}, manifest=manifest, report=report,
                      report_md=render_markdown(report))
     return entry
-
-
-@torch.no_grad()
-def _torch_logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    return np.concatenate([model(torch.from_numpy(x[i:i + batch_size])).numpy() for i in range(0, len(x), batch_size)])
 
 
 def _manifest(spec: BundleSpec, data: Dataset, example_inputs: tuple[torch.Tensor, ...], precision: str,

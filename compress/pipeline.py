@@ -213,7 +213,8 @@ def _run_variant(plan: Plan, cloud: nn.Module, cloud_fingerprint: str, data: Dat
 
 
 def _write_run_report(run_dir: Path, recipe: Recipe, models: list[dict[str, Any]]) -> None:
-    report = {"recipe": recipe.name, "recipe_sha256": recipe.sha256, "models": models}
+    notes = [f"{m['name']}: {note}" for m in models for note in m.get("notes", [])]
+    report = {"recipe": recipe.name, "recipe_sha256": recipe.sha256, "models": models, "notes": notes}
     for name, text in (("report.json", json.dumps(report, indent=2, sort_keys=True)),
                        ("report.md", render_markdown(report))):
         tmp = run_dir / f".{name}.tmp"

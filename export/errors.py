@@ -7,10 +7,13 @@ one-paragraph shape: what is wrong, where, and how to fix it.
 from __future__ import annotations
 
 
-class ExportError(Exception):
-    """A problem with an artifact or its runtime, explained in one paragraph.
+class ExplainedError(Exception):
+    """An error explained in one paragraph: what is wrong, where, and how to fix it.
 
-    >>> print(ExportError("sha256 mismatch", where="runs/q/end/model.onnx", fix="re-export the bundle"))
+    The base of every error a user is meant to read, here and in `compress` (whose
+    `EdgetierError` derives from it, since `compress` may import `export` but not the reverse).
+
+    >>> print(ExplainedError("sha256 mismatch", where="runs/q/end/model.onnx", fix="re-export the bundle"))
     runs/q/end/model.onnx: sha256 mismatch. Fix: re-export the bundle.
     """
 
@@ -30,6 +33,10 @@ class ExportError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class ExportError(ExplainedError):
+    """A problem with an artifact or its runtime."""
 
 
 class BundleError(ExportError):

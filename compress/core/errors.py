@@ -7,8 +7,10 @@ The CLI prints it as one paragraph and exits with code 2; Python callers can cat
 
 from __future__ import annotations
 
+from export.errors import ExplainedError
 
-class EdgetierError(Exception):
+
+class EdgetierError(ExplainedError):
     """A problem with the user's input, explained in one paragraph.
 
     >>> err = EdgetierError("unknown target 'stm33'", where="recipe.yaml: variants.end.target",
@@ -16,23 +18,6 @@ class EdgetierError(Exception):
     >>> print(err)
     recipe.yaml: variants.end.target: unknown target 'stm33'. Fix: run `edgetier targets list` to see the known targets.
     """
-
-    def __init__(self, problem: str, *, where: str | None = None, fix: str | None = None) -> None:
-        self.problem = problem
-        self.where = where
-        self.fix = fix
-        super().__init__(self.message)
-
-    @property
-    def message(self) -> str:
-        text = f"{self.where}: {self.problem}" if self.where else self.problem
-        text = text.rstrip(".") + "."
-        if self.fix:
-            text += f" Fix: {self.fix.rstrip('.')}."
-        return text
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class RecipeError(EdgetierError):
