@@ -20,6 +20,7 @@ from torch import nn
 
 from compress.core.errors import EdgetierError, TargetError
 from compress.core.measure import activation_bytes, count_macs, count_nonzero, count_params
+from compress.core.report import ModelReport, StageReport
 from compress.core.technique import ExportPlan
 from compress.core.train import predict
 from compress.datasets import Dataset
@@ -62,7 +63,7 @@ def _onnx_logits(path: Path, x: np.ndarray, batch_size: int = 512) -> np.ndarray
 
 
 def deploy(model: nn.Module, spec: BundleSpec, *, data: Dataset, example_inputs: tuple[torch.Tensor, ...],
-           export_plan: ExportPlan | None, stages: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+           export_plan: ExportPlan | None, stages: list[StageReport], out_dir: Path) -> dict[str, Any]:
     """Export `model` into the bundle folder `out_dir` and return its report entry."""
     model = model.eval()
     target = spec.target
@@ -107,18 +108,16 @@ def deploy(model: nn.Module, spec: BundleSpec, *, data: Dataset, example_inputs:
         except TargetError as exc:
             estimated_ms = None
             notes.append(f"no latency estimate: {exc.problem}")
-        entry = {
-            "name": spec.name, "target": target.name, "tier": target.tier, "runtime": "onnxruntime",
-            "format": "onnx", "precision": precision,
-            "bytes": stats["bytes"], "params": stats["params"], "torch_params": count_params(model),
-            "nonzero_params": count_nonzero(model), "macs": macs,
-            "accuracy": accuracy, "torch_accuracy": torch_accuracy,
-            "latency_ms": timing.median_ms, "latency_p90_ms": timing.p90_ms, "latency_threads": timing.threads,
-            "estimated_latency_ms": estimated_ms,
-            "parity": {"max_abs_diff": parity.max_abs_diff, "top1_agreement": parity.top1_agreement,
-                       "samples": len(x_check)},
-            "stages": stages, "notes": notes,
-        }
+        entry = ModelReport(
+            name=spec.name, target=target.name, tier=target.tier, runtime="onnxruntime", format="onnx",
+            precision=precision, bytes=stats["bytes"], params=stats["params"], torch_params=count_params(model),
+            nonzero_params=count_nonzero(model), macs=macs, accuracy=accuracy, torch_accuracy=torch_accuracy,
+            latency_ms=timing.median_ms, latency_p90_ms=timing.p90_ms, latency_threads=timing.threads,
+            estimated_latency_ms=estimated_ms,
+            parity={"max_abs_diff": parity.max_abs_diff, "top1_agreement": parity.top1_agreement,
+                    "samples": len(x_check)},
+            stages=tuple(stages), notes=tuple(notes),
+        ).to_dict()
         manifest = _manifest(spec, data, example_inputs, precision, export_plan)
         report = {"recipe": spec.recipe_name, "models": [entry], "notes": notes}
         write_bundle(out_dir, files={"model.onnx": final_path}, manifest=manifest, report=report,

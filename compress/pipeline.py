@@ -29,6 +29,7 @@ from torch import nn
 
 from compress.core.context import Context, Progress, SilentProgress
 from compress.core.errors import EdgetierError, RecipeError
+from compress.core.report import StageReport
 from compress.core.technique import ExportPlan, HookSet
 from compress.core.train import TrainSpec, evaluate, fit
 from compress.datasets import Dataset
@@ -160,7 +161,7 @@ def _load_state(model: nn.Module, state: Any, *, where: str) -> None:
 
 def _run_variant(plan: Plan, cloud: nn.Module, cloud_fingerprint: str, data: Dataset,
                  example_inputs: tuple[torch.Tensor, ...], run_dir: Path, seed: int, resume: bool,
-                 progress: Progress, log: Log) -> tuple[nn.Module, ExportPlan | None, list[dict[str, Any]]]:
+                 progress: Progress, log: Log) -> tuple[nn.Module, ExportPlan | None, list[StageReport]]:
     ckpt_dir = run_dir / "checkpoints" / plan.variant
     if not resume and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
@@ -174,14 +175,14 @@ def _run_variant(plan: Plan, cloud: nn.Module, cloud_fingerprint: str, data: Dat
         fingerprints.append(fingerprint)
     model = copy.deepcopy(cloud)
     export_plan: ExportPlan | None = None
-    reports: list[dict[str, Any]] = []
+    reports: list[StageReport] = []
     start = 0
     for position in reversed(range(len(plan.stages))) if resume else ():
         if paths[position].is_file():
             saved = _load(paths[position])
             if saved.get("fingerprint") == fingerprints[position]:
                 model.load_state_dict(saved["state_dict"])
-                reports = list(saved["reports"])
+                reports = [StageReport.from_dict(r) for r in saved["reports"]]
                 export_plan = ExportPlan(**saved["export_plan"]) if saved["export_plan"] else None
                 start = position + 1
                 log(f"{plan.variant}: resuming after stage {plan.stages[position].name!r}")
@@ -199,13 +200,15 @@ def _run_variant(plan: Plan, cloud: nn.Module, cloud_fingerprint: str, data: Dat
         model = result.model
         hooks = hooks + result.hooks
         export_plan = result.export or export_plan
-        report: dict[str, Any] = {"stage": stage.name, "kind": stage.kind, **result.report}
+        val_accuracy = None
         if stage.train is not None and stage.train.epochs > 0:
             history = fit(model, data.train, stage.train, hooks=hooks, val=data.val, seed=s_seed, progress=progress,
                           description=f"{plan.variant}: {stage.name}")
-            report["val_accuracy"] = history.val_accuracy[-1]
-        reports.append(report)
-        _save({"fingerprint": fingerprints[position], "state_dict": model.state_dict(), "reports": reports,
+            val_accuracy = history.val_accuracy[-1]
+        summary = {k: v for k, v in result.report.items() if k != "layers"}
+        reports.append(StageReport(stage.name, stage.kind, summary, result.report.get("layers", {}), val_accuracy))
+        _save({"fingerprint": fingerprints[position], "state_dict": model.state_dict(),
+               "reports": [r.to_dict() for r in reports],
                "export_plan": export_plan.to_dict() if export_plan else None}, paths[position])
         progress.advance(task)
     progress.done(task)

@@ -45,6 +45,11 @@ class Hooks:
     - `after_backward(model)` runs after `loss.backward()` and before `optimizer.step()`;
     - `after_step(model)` runs after `optimizer.step()` (e.g. re-apply masks);
     - `epoch_end(model, epoch)` runs after each epoch.
+
+    Hooks of a stage stay active in the training of every later stage. State they need across
+    stages (masks, codebooks, rewind points) must live in the model — buffers or
+    parametrizations, so it is in `state_dict()` — because a run resumed after a stage gets that
+    stage's model back from its checkpoint, not its Python objects.
     """
 
     loss: LossFn | None = None
