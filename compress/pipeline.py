@@ -159,6 +159,29 @@ def _load_state(model: nn.Module, state: Any, *, where: str) -> None:
                           fix="save `model.state_dict()` of the same architecture and parameters as `model`") from None
 
 
+def _fingerprints(plan: Plan, cloud_fingerprint: str, seed: int) -> list[str]:
+    """One fingerprint per stage, each chaining everything before it: the newest checkpoint whose
+    fingerprint matches proves that every earlier stage matches too."""
+    out, fingerprint = [], _digest(cloud_fingerprint, plan.variant, plan.target.name, seed)
+    for stage in plan.stages:
+        fingerprint = _digest(fingerprint, stage.kind, stage.config.to_dict(),
+                              stage.train.model_dump() if stage.train else None)
+        out.append(fingerprint)
+    return out
+
+
+def restore_stages(model: nn.Module, plan: Plan, saved: dict[str, Any],
+                   context: Callable[[int], Context]) -> tuple[nn.Module, HookSet]:
+    """A stage checkpoint back as a model: each finished stage rebuilds its structure and hooks
+    (`Technique.restore`) on a copy of the cloud model, then the saved weights are loaded."""
+    hooks = HookSet()
+    for stage, state in zip(plan.stages[:len(saved["states"])], saved["states"], strict=True):
+        restored = build_technique(stage.config).restore(model, state, context(stage.index))
+        model, hooks = restored.model, hooks + restored.hooks
+    model.load_state_dict(saved["state_dict"])
+    return model, hooks
+
+
 def _run_variant(plan: Plan, cloud: nn.Module, cloud_fingerprint: str, data: Dataset,
                  example_inputs: tuple[torch.Tensor, ...], run_dir: Path, seed: int, resume: bool,
                  progress: Progress, log: Log) -> tuple[nn.Module, ExportPlan | None, list[StageReport]]:
@@ -166,48 +189,45 @@ def _run_variant(plan: Plan, cloud: nn.Module, cloud_fingerprint: str, data: Dat
     if not resume and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
     paths = [ckpt_dir / f"{stage.index:02d}-{stage.name}.pt" for stage in plan.stages]
-    # Each stage's fingerprint chains everything before it, so the newest matching checkpoint
-    # proves that all earlier stages match too.
-    fingerprints, fingerprint = [], _digest(cloud_fingerprint, plan.variant, plan.target.name, seed)
-    for stage in plan.stages:
-        fingerprint = _digest(fingerprint, stage.kind, stage.config.to_dict(),
-                              stage.train.model_dump() if stage.train else None)
-        fingerprints.append(fingerprint)
-    model = copy.deepcopy(cloud)
+    fingerprints = _fingerprints(plan, cloud_fingerprint, seed)
+
+    def context(index: int) -> Context:
+        return Context(example_inputs=example_inputs, target=plan.target, data=data, teacher=cloud,
+                       seed=stage_seed(seed, plan.variant, index), progress=progress)
+
+    model, hooks = copy.deepcopy(cloud), HookSet()
     export_plan: ExportPlan | None = None
     reports: list[StageReport] = []
+    states: list[dict[str, Any]] = []
     start = 0
     for position in reversed(range(len(plan.stages))) if resume else ():
-        if paths[position].is_file():
-            saved = _load(paths[position])
-            if saved.get("fingerprint") == fingerprints[position]:
-                model.load_state_dict(saved["state_dict"])
-                reports = [StageReport.from_dict(r) for r in saved["reports"]]
-                export_plan = ExportPlan(**saved["export_plan"]) if saved["export_plan"] else None
-                start = position + 1
-                log(f"{plan.variant}: resuming after stage {plan.stages[position].name!r}")
-                break
-    hooks = HookSet()
+        saved = _load(paths[position]) if paths[position].is_file() else {}
+        if saved.get("fingerprint") == fingerprints[position]:
+            model, hooks = restore_stages(model, plan, saved, context)
+            reports = [StageReport.from_dict(r) for r in saved["reports"]]
+            states = list(saved["states"])
+            export_plan = ExportPlan(**saved["export_plan"]) if saved["export_plan"] else None
+            start = position + 1
+            log(f"{plan.variant}: resuming after stage {plan.stages[position].name!r}")
+            break
     task = progress.task(f"{plan.variant}: stages", total=len(plan.stages))
     progress.advance(task, start)
     for position, stage in enumerate(plan.stages[start:], start=start):
         log(f"{plan.variant}: stage {stage.name!r} ({stage.kind})")
-        s_seed = stage_seed(seed, plan.variant, stage.index)
-        torch.manual_seed(s_seed)
-        ctx = Context(example_inputs=example_inputs, target=plan.target, data=data, teacher=cloud, seed=s_seed,
-                      progress=progress)
+        ctx = context(stage.index)
+        torch.manual_seed(ctx.seed)
         result = build_technique(stage.config).apply(model, ctx)
-        model = result.model
-        hooks = hooks + result.hooks
+        model, hooks = result.model, hooks + result.hooks
         export_plan = result.export or export_plan
         val_accuracy = None
         if stage.train is not None and stage.train.epochs > 0:
-            history = fit(model, data.train, stage.train, hooks=hooks, val=data.val, seed=s_seed, progress=progress,
+            history = fit(model, data.train, stage.train, hooks=hooks, val=data.val, seed=ctx.seed, progress=progress,
                           description=f"{plan.variant}: {stage.name}")
             val_accuracy = history.val_accuracy[-1]
         summary = {k: v for k, v in result.report.items() if k != "layers"}
         reports.append(StageReport(stage.name, stage.kind, summary, result.report.get("layers", {}), val_accuracy))
-        _save({"fingerprint": fingerprints[position], "state_dict": model.state_dict(),
+        states.append(result.state)
+        _save({"fingerprint": fingerprints[position], "state_dict": model.state_dict(), "states": states,
                "reports": [r.to_dict() for r in reports],
                "export_plan": export_plan.to_dict() if export_plan else None}, paths[position])
         progress.advance(task)

@@ -46,10 +46,8 @@ class Hooks:
     - `after_step(model)` runs after `optimizer.step()` (e.g. re-apply masks);
     - `epoch_end(model, epoch)` runs after each epoch.
 
-    Hooks of a stage stay active in the training of every later stage. State they need across
-    stages (masks, codebooks, rewind points) must live in the model — buffers or
-    parametrizations, so it is in `state_dict()` — because a run resumed after a stage gets that
-    stage's model back from its checkpoint, not its Python objects.
+    Hooks of a stage stay active in the training of every later stage. A run resumed after a
+    stage rebuilds them with `Technique.restore` from the `Result.state` that `apply` returned.
     """
 
     loss: LossFn | None = None
@@ -102,12 +100,21 @@ class HookSet:
 
 @dataclass
 class Result:
-    """What `apply` returns. Unpacks as `model, report = result`; `hooks` and `export` ride along."""
+    """What `apply` returns. Unpacks as `model, report = result`; the rest rides along.
+
+    - `hooks`: calls for the training loop (see `Hooks`);
+    - `export`: what the exporter must do beyond a plain fp32 export;
+    - `state`: what `restore` needs to rebuild this stage's structure and hooks on a fresh copy
+      of the model it was applied to (pruned channel counts, masks, codebook layout, ...):
+      plain values and tensors only, since it is saved in checkpoints loaded with
+      `weights_only=True`.
+    """
 
     model: nn.Module
     report: dict[str, Any] = field(default_factory=dict)
     hooks: HookSet = field(default_factory=HookSet)
     export: ExportPlan | None = None
+    state: dict[str, Any] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.model, self.report))
@@ -120,6 +127,8 @@ class Technique(Protocol):
     config: TechniqueConfig
 
     def apply(self, model: nn.Module, ctx: Context) -> Result: ...
+
+    def restore(self, model: nn.Module, state: dict[str, Any], ctx: Context) -> Result: ...
 
 
 class BaseTechnique:
@@ -134,3 +143,11 @@ class BaseTechnique:
 
     def apply(self, model: nn.Module, ctx: Context) -> Result:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def restore(self, model: nn.Module, state: dict[str, Any], ctx: Context) -> Result:
+        """Rebuild what `apply` did to `model`'s structure and hooks from `Result.state`, without
+        training or data; the caller then loads the weights saved after the stage.
+
+        The default suits techniques that change only weights (or nothing): nothing to rebuild.
+        """
+        return Result(model)
