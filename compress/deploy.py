@@ -28,7 +28,7 @@ from compress.targets import Target
 from compress.targets.latency import estimate_latency
 from export.bundle import write_bundle
 from export.errors import ParityError
-from export.measure import latency_ms, onnx_stats
+from export.measure import compressed_bytes, latency_ms, onnx_stats
 from export.onnx import check_parity, export_onnx
 from export.quantize import quantize_int8_static
 from export.report import render_markdown
@@ -110,7 +110,8 @@ def deploy(model: nn.Module, spec: BundleSpec, *, data: Dataset, example_inputs:
             notes.append(f"no latency estimate: {exc.problem}")
         entry = ModelReport(
             name=spec.name, target=target.name, tier=target.tier, runtime="onnxruntime", format="onnx",
-            precision=precision, bytes=stats["bytes"], params=stats["params"], torch_params=count_params(model),
+            precision=precision, bytes=stats["bytes"], compressed_bytes=compressed_bytes(final_path),
+            params=stats["params"], torch_params=count_params(model),
             nonzero_params=count_nonzero(model), macs=macs, accuracy=accuracy, torch_accuracy=torch_accuracy,
             latency_ms=timing.median_ms, latency_p90_ms=timing.p90_ms, latency_threads=timing.threads,
             estimated_latency_ms=estimated_ms,

@@ -19,6 +19,7 @@ _COLUMNS = (
     "Precision",
     "Size (KiB)",
     "Size vs first",
+    "Compressed (KiB)",
     "Params",
     "MACs",
     "Accuracy",
@@ -40,7 +41,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     ...     {"name": "end", "tier": "end", "bytes": 51200, "accuracy": 0.9, "latency_ms": 0.25,
     ...      "latency_threads": 1}], "notes": ["int8 was not faster here"]})
     >>> print(md.splitlines()[7])
-    | end | end | — | — | 50.0 | 0.25× | — | — | 90.0 % | 0.250 (1 thread) | — |
+    | end | end | — | — | 50.0 | 0.25× | — | — | — | 90.0 % | 0.250 (1 thread) | — |
     """
     models = report.get("models")
     if not isinstance(models, Sequence) or isinstance(models, str):
@@ -65,7 +66,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
 
 _LEGEND = (
-    "Size is the exported file on disk. Latency here is measured at batch 1 in onnxruntime on "
+    "Size is the exported file on disk; compressed is that file after DEFLATE (storage when shipped "
+    "compressed; the runtime loads the uncompressed file). Latency here is measured at batch 1 in onnxruntime on "
     "the machine that built the report; the estimate is for the target, from its datasheet figures."
 )
 
@@ -90,6 +92,7 @@ def _row(model: Mapping[str, Any], first_bytes: Any) -> list[str]:
         _cell(model.get("precision", _MISSING)),
         f"{size / 1024:.1f}" if _number(size) else _MISSING,
         ratio,
+        f"{model['compressed_bytes'] / 1024:.1f}" if _number(model.get("compressed_bytes")) else _MISSING,
         _count(model.get("params")),
         _count(model.get("macs")),
         f"{100 * model['accuracy']:.1f} %" if _number(model.get("accuracy")) else _MISSING,

@@ -36,8 +36,8 @@ class StageReport:
 
 @dataclass(frozen=True)
 class ModelReport:
-    """One exported model, measured. `bytes` is the model file on disk; `accuracy` is the exported
-    file's, run in its runtime on the test split; `latency_ms` is the median batch-1 latency on
+    """One exported model, measured. `bytes` is the model file on disk and `compressed_bytes` the
+    same file after DEFLATE (storage when shipped compressed); `accuracy` is the exported file's, run in its runtime on the test split; `latency_ms` is the median batch-1 latency on
     this host with `latency_threads` threads."""
 
     name: str
@@ -47,6 +47,7 @@ class ModelReport:
     format: str
     precision: str
     bytes: int
+    compressed_bytes: int
     params: int
     torch_params: int
     nonzero_params: int

@@ -17,6 +17,7 @@ REPORT = {
             "tier": "cloud",
             "precision": "fp32",
             "bytes": 209_871,
+            "compressed_bytes": 190_000,
             "params": 52_170,
             "macs": 1_234_567,
             "accuracy": 0.9648,
@@ -51,13 +52,13 @@ def rows(md: str) -> list[list[str]]:
 def test_table_has_one_row_per_model_with_the_numbers() -> None:
     md = render_markdown(REPORT)
     header, cloud, end = rows(md)
-    assert header[0] == "Model" and len(header) == len(cloud) == len(end) == 11
+    assert header[0] == "Model" and len(header) == len(cloud) == len(end) == 12
     assert cloud == [
-        "cloud", "cloud", "cloud_gpu", "fp32", "205.0", "1.00×", "52,170", "1,234,567", "96.5 %",
+        "cloud", "cloud", "cloud_gpu", "fp32", "205.0", "1.00×", "185.5", "52,170", "1,234,567", "96.5 %",
         "0.183 (1 thread)", "0.012",
     ]  # fmt: skip
     assert end == [
-        "end", "end", "stm32h7", "int8", "59.8", "0.29×", "52,170", "1,234,567", "96.1 %",
+        "end", "end", "stm32h7", "int8", "59.8", "0.29×", "—", "52,170", "1,234,567", "96.1 %",
         "0.248 (2 threads)", "—",
     ]  # fmt: skip
 
