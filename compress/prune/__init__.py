@@ -1,0 +1,1 @@
+"""Pruning: unstructured magnitude, structured (dependency-aware, torch-pruning), lottery ticket, SNIP."""

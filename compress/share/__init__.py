@@ -1,0 +1,1 @@
+"""Weight sharing: hash sharing (HashedNets) and cluster sharing (k-means codebooks)."""
