@@ -92,7 +92,7 @@ def run(recipe: Recipe, *, out_dir: str | Path = "runs", variants: list[str] | N
     plans = [recipe.resolve(name) for name in names]
     run_dir = Path(out_dir) / recipe.name
     data = _load_data(recipe, seed)
-    cloud, fingerprint = _cloud_model(recipe, data, run_dir, seed, progress, log)
+    cloud, fingerprint = _cloud_model(recipe, data, run_dir, seed, plans, progress, log)
     example_inputs = _example_inputs(cloud, data)
     bundles: dict[str, Path] = {}
     models: list[dict[str, Any]] = []
@@ -121,12 +121,26 @@ def _load_data(recipe: Recipe, seed: int) -> Dataset:
         raise RecipeError(problem, where=recipe.where(("data",)), fix=exc.fix) from None
 
 
-def _cloud_model(recipe: Recipe, data: Dataset, run_dir: Path, seed: int, progress: Progress,
+def _check_plans(model: nn.Module, plans: list[Plan]) -> None:
+    """Every stage's config against the actual model, before anything is trained."""
+    recipe = plans[0].recipe
+    for plan in plans:
+        for stage in plan.stages:
+            try:
+                stage.config.check_model(model, plan.target)
+            except EdgetierError as exc:
+                raise RecipeError(exc.problem, where=recipe.where(("stages", stage.index, "with")),
+                                  fix=exc.fix) from None
+
+
+def _cloud_model(recipe: Recipe, data: Dataset, run_dir: Path, seed: int, plans: list[Plan], progress: Progress,
                  log: Log) -> tuple[nn.Module, str]:
     torch.manual_seed(seed)  # model initialization is part of what the seed fixes
     spec = recipe.model
     model = build_from_spec(zoo=spec.zoo, factory=spec.factory, options=spec.options,
                             input_shape=data.input_shape, num_classes=data.num_classes)
+    if plans:
+        _check_plans(model, plans)
     if spec.checkpoint is not None:
         path = recipe.resolve_file(spec.checkpoint)
         _load_state(model, _load(path), where=recipe.where(("model", "checkpoint")))
@@ -191,9 +205,11 @@ def _run_variant(plan: Plan, cloud: nn.Module, cloud_fingerprint: str, data: Dat
     paths = [ckpt_dir / f"{stage.index:02d}-{stage.name}.pt" for stage in plan.stages]
     fingerprints = _fingerprints(plan, cloud_fingerprint, seed)
 
+    trains = {stage.index: stage.train for stage in plan.stages}
+
     def context(index: int) -> Context:
         return Context(example_inputs=example_inputs, target=plan.target, data=data, teacher=cloud,
-                       seed=stage_seed(seed, plan.variant, index), progress=progress)
+                       seed=stage_seed(seed, plan.variant, index), progress=progress, train=trains[index])
 
     model, hooks = copy.deepcopy(cloud), HookSet()
     export_plan: ExportPlan | None = None

@@ -92,3 +92,32 @@ def test_resume_restores_structure_and_hooks(registered, tiny_recipe, write_reci
     assert CALLS and set(CALLS) == {"after_step"}
     assert sha256_file(resumed.bundles["end"] / "model.onnx") == sha256_file(whole.bundles["end"] / "model.onnx")
     assert resumed.models[-1]["torch_params"] == whole.models[-1]["torch_params"]
+
+
+class PickyConfig(TechniqueConfig):
+    kind: Literal["test_picky"] = "test_picky"
+    layer: str = "layer9"
+
+    def check_model(self, model, target):
+        from compress.core.selectors import select
+
+        select(model, [self.layer])
+
+
+class Picky(BaseTechnique):
+    config_type = PickyConfig
+
+    def apply(self, model, ctx):  # pragma: no cover - the run must stop before any stage
+        raise AssertionError("apply ran although check_model failed")
+
+
+def test_check_model_runs_before_any_training(monkeypatch, tiny_recipe, write_recipe, tmp_path):
+    from compress.core.errors import RecipeError
+
+    monkeypatch.setitem(REGISTRY, "test_picky", Picky)
+    tiny_recipe["stages"].append({"name": "picky", "kind": "test_picky", "with": {"layer": "layer9"}})
+    recipe = compress.load_recipe(write_recipe(tiny_recipe))
+    with pytest.raises(RecipeError) as info:
+        compress.run(recipe, out_dir=tmp_path / "runs")
+    assert "stages[3].with" in str(info.value) and "layer9" in str(info.value)
+    assert not (tmp_path / "runs" / "tiny" / "checkpoints").exists()  # nothing was trained

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from compress.targets import Target
 
 
@@ -37,7 +39,17 @@ class TechniqueConfig(BaseModel):
     ignore: tuple[str, ...] = Field(default=(), description="selectors to leave alone; ignore wins over targets")
 
     def check_target(self, target: Target) -> None:
-        """Raise `EdgetierError` when this config cannot run on `target` (default: always can)."""
+        """Raise `EdgetierError` when this config cannot run on `target` (default: always can).
+
+        Called when a recipe loads, for every variant, before any work starts.
+        """
+
+    def check_model(self, model: nn.Module, target: Target | None) -> None:
+        """Raise `EdgetierError` when this config cannot apply to `model` on `target` (a selector that
+        matches nothing, a budget no allowed precision meets, ...). Default: always can.
+
+        Called by the runner on the untrained cloud model, for every variant, before any training.
+        """
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

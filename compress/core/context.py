@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
+    from compress.core.train import TrainSpec
     from compress.datasets import Dataset
     from compress.targets import Target
 
@@ -36,7 +37,9 @@ class SilentProgress:
 
 @dataclass
 class Context:
-    """Inputs to `Technique.apply`: target, example inputs, data, teacher, seed, progress."""
+    """Inputs to `Technique.apply`: target, example inputs, data, teacher, seed, progress, and
+    `train` — how the stage will train after `apply` (None when it does not), so gradual
+    techniques can spread a schedule over `train.epochs` epochs of the train split."""
 
     example_inputs: tuple[torch.Tensor, ...]
     target: Target | None = None
@@ -44,3 +47,4 @@ class Context:
     teacher: nn.Module | None = None
     seed: int = 0
     progress: Progress = field(default_factory=SilentProgress)
+    train: TrainSpec | None = None
