@@ -35,6 +35,8 @@ from compress.core.train import TrainSpec, evaluate, fit
 from compress.datasets import Dataset
 from compress.datasets import load as load_dataset
 from compress.deploy import BundleSpec, deploy
+from compress.deploy_exits import deploy_exits
+from compress.exits.branches import EarlyExitModel
 from compress.models import build_from_spec
 from compress.recipe import Plan, Recipe
 from compress.registry import build as build_technique
@@ -106,8 +108,9 @@ def run(recipe: Recipe, *, out_dir: str | Path = "runs", variants: list[str] | N
                                                          seed, resume, progress, log)
         log(f"exporting variant {plan.variant!r} for {plan.target.name}")
         spec = BundleSpec(plan.variant, plan.target, recipe.name, recipe.sha256, seed)
-        models.append(deploy(model, spec, data=data, example_inputs=example_inputs, export_plan=export_plan,
-                             stages=stage_reports, out_dir=run_dir / plan.variant))
+        deploy_fn = deploy_exits if isinstance(model, EarlyExitModel) else deploy
+        models.append(deploy_fn(model, spec, data=data, example_inputs=example_inputs, export_plan=export_plan,
+                                stages=stage_reports, out_dir=run_dir / plan.variant))
         bundles[plan.variant] = run_dir / plan.variant
     _write_run_report(run_dir, recipe, models)
     return RunResult(run_dir=run_dir, bundles=bundles, models=models)

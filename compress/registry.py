@@ -9,10 +9,14 @@ from __future__ import annotations
 from compress.core.config import TechniqueConfig
 from compress.core.errors import RecipeError
 from compress.core.technique import BaseTechnique
+from compress.distill.technique import Distill
+from compress.exits.technique import EarlyExit
 from compress.quant.ptq import PTQInt8
 from compress.tune.finetune import Finetune
 
 REGISTRY: dict[str, type[BaseTechnique]] = {
+    "distill": Distill,
+    "early_exit": EarlyExit,
     "finetune": Finetune,
     "ptq_int8": PTQInt8,
 }

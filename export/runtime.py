@@ -10,7 +10,7 @@ Manifest keys read here: `files` (verified before anything is opened), `model.fi
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,9 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, Inva
 
 from export.errors import BundleError, ExportError
 from export.manifest import verify_bundle
+from export.policy import exits as policy_exits
 
-__all__ = ["Bundle", "input_dtype", "load", "make_session"]
+__all__ = ["Bundle", "input_dtype", "load", "make_session", "run_all_exits", "run_segments"]
 
 _ORT_DTYPES = {
     "tensor(float)": np.float32,
@@ -80,6 +81,12 @@ class Bundle:
     path: Path
     manifest: dict[str, Any]
     session: ort.InferenceSession = field(repr=False)
+    segments: tuple[ort.InferenceSession, ...] = field(default=(), repr=False)
+
+    @property
+    def exits(self) -> list[dict[str, Any]]:
+        """The exit policy: per exit, its `criterion` and calibrated `threshold` (empty without exits)."""
+        return list(self.manifest.get("exits", []))
 
     @property
     def labels(self) -> list[Any]:
@@ -100,14 +107,23 @@ class Bundle:
             raise ExportError(
                 f"batch_size must be at least 1, got {batch_size}", fix="pass batch_size=1 or more"
             )
+        if self.segments:
+            for start in range(0, len(x), batch_size):
+                yield self.predict(x[start:start + batch_size], batch_size=batch_size)
+            return
         x = self._checked_input(x)
         in_name, out_name = self.manifest["input"]["name"], self.manifest["output"]["name"]
         for start in range(0, len(x), batch_size):
             (logits,) = self.session.run([out_name], {in_name: x[start : start + batch_size]})
             yield np.asarray(logits, dtype=np.float32)
 
-    def predict(self, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+    def predict(self, x: np.ndarray, *, batch_size: int = 256, return_exits: bool = False
+                ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Float32 logits for all of `x` (cast to the manifest's input dtype), run in batches.
+
+        A bundle with early exits runs its segments progressively: each sample stops at the
+        first exit whose criterion passes its threshold. `return_exits=True` also returns the
+        exit index each sample took (the final classifier is `len(bundle.exits)`).
 
         >>> import tempfile, pathlib, numpy as np
         >>> from export._examples import tiny_bundle
@@ -116,13 +132,21 @@ class Bundle:
         ...     b.predict(np.ones((2, 4))).astype(float).round(2).tolist()
         [[0.4, 0.0, -0.4], [0.4, 0.0, -0.4]]
         """
+        if self.segments:
+            x = self._checked_input(x)
+            parts = [run_segments(self.segments, self.manifest["model"]["segments"], self.exits,
+                                  x[i:i + batch_size]) for i in range(0, max(len(x), 1), batch_size)]
+            logits = np.concatenate([p[0] for p in parts])
+            taken = np.concatenate([p[1] for p in parts])
+            return (logits, taken) if return_exits else logits
         batches = list(self.iter_predict(x, batch_size))
         if batches:
-            return np.concatenate(batches, axis=0)
-        # No rows: run an empty batch so the result still has the right trailing shape.
-        in_name, out_name = self.manifest["input"]["name"], self.manifest["output"]["name"]
-        (logits,) = self.session.run([out_name], {in_name: self._checked_input(x)})
-        return np.asarray(logits, dtype=np.float32)
+            logits = np.concatenate(batches, axis=0)
+        else:  # no rows: run an empty batch so the result still has the right trailing shape
+            in_name, out_name = self.manifest["input"]["name"], self.manifest["output"]["name"]
+            (empty,) = self.session.run([out_name], {in_name: self._checked_input(x)})
+            logits = np.asarray(empty, dtype=np.float32)
+        return (logits, np.zeros(len(logits), dtype=np.int64)) if return_exits else logits
 
     def _checked_input(self, x: np.ndarray) -> np.ndarray:
         spec = self.manifest["input"]
@@ -154,6 +178,8 @@ def load(bundle_dir: str | os.PathLike[str], *, threads: int = 1) -> Bundle:
     """
     root = Path(bundle_dir)
     manifest = verify_bundle(root)
+    if "segments" in manifest.get("model", {}):
+        return _load_segments(root, manifest, threads)
     model = _spec(manifest, "model", ("file", "format"), root)
     if model["format"] != "onnx":
         raise BundleError(
@@ -206,3 +232,62 @@ def _spec(manifest: dict[str, Any], key: str, needed: tuple[str, ...], root: Pat
             fix="re-export the bundle",
         )
     return entry
+
+
+def _load_segments(root: Path, manifest: dict[str, Any], threads: int) -> Bundle:
+    specs = manifest["model"]["segments"]
+    if manifest["model"].get("format") != "onnx":
+        raise BundleError(f"model format '{manifest['model'].get('format')}' is not supported: this runtime build "
+                          "supports onnx only", where=str(root / "manifest.json"), fix="export the variant as onnx")
+    if len(manifest.get("exits", [])) != len(specs) - 1:
+        raise BundleError(f"{len(specs)} segments need {len(specs) - 1} exits, the manifest has "
+                          f"{len(manifest.get('exits', []))}", where=str(root / "manifest.json"),
+                          fix="re-export the bundle")
+    sessions = []
+    for spec in specs:
+        if spec.get("file") not in manifest["files"]:
+            raise BundleError(f"segment file {spec.get('file')!r} is not listed in the manifest's files",
+                              where=str(root / "manifest.json"), fix="re-export the bundle")
+        sessions.append(make_session(root / spec["file"], threads=threads))
+    return Bundle(path=root, manifest=manifest, session=sessions[0], segments=tuple(sessions))
+
+
+def run_segments(sessions: Sequence[ort.InferenceSession], specs: Sequence[dict[str, Any]],
+                 exits: Sequence[dict[str, Any]], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Run segments progressively on `x`: logits, and the exit each sample left at.
+
+    Segment k (k < len(exits)) returns exit-k logits and features; samples whose exit score
+    passes exit k's threshold stop there, the others' features go on to segment k+1.
+    """
+    n = len(x)
+    out: np.ndarray | None = None
+    taken = np.full(n, len(exits), dtype=np.int64)
+    active = np.arange(n)
+    feed = x
+    for k, (session, spec) in enumerate(zip(sessions, specs, strict=True)):
+        results = session.run(None, {spec["input"]: feed})
+        logits = np.asarray(results[0], dtype=np.float32)
+        if out is None:
+            out = np.zeros((n, logits.shape[1]), dtype=np.float32)
+        if k == len(exits):
+            out[active] = logits
+            break
+        leave = policy_exits(logits, exits[k]["criterion"], exits[k]["threshold"])
+        out[active[leave]] = logits[leave]
+        taken[active[leave]] = k
+        active, feed = active[~leave], results[1][~leave]
+        if not len(active):
+            break
+    return (out if out is not None else np.zeros((0, 0), np.float32)), taken
+
+
+def run_all_exits(sessions: Sequence[ort.InferenceSession], specs: Sequence[dict[str, Any]],
+                  x: np.ndarray) -> list[np.ndarray]:
+    """Every exit's logits and the final logits for all of `x` (no early stopping): for calibration."""
+    out, feed = [], x
+    for session, spec in zip(sessions, specs, strict=True):
+        results = session.run(None, {spec["input"]: feed})
+        out.append(np.asarray(results[0], dtype=np.float32))
+        if len(results) > 1:
+            feed = results[1]
+    return out

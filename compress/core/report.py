@@ -61,6 +61,7 @@ class ModelReport:
     parity: dict[str, Any]
     stages: tuple[StageReport, ...] = ()
     notes: tuple[str, ...] = ()
+    exits: dict[str, Any] | None = None  # early-exit policy measurements (compress.deploy_exits)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

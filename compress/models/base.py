@@ -21,6 +21,10 @@ class ReferenceModel(nn.Module):
     ``head`` always ends in an ``nn.Linear`` named ``head.fc``.
     """
 
+    # How a stage's output is laid out, for heads attached between stages (early exits):
+    # "channels_first" is (B, C, L) or (B, C, H, W); "tokens" is (B, N, D).
+    feature_layout: str = "channels_first"
+
     stem: nn.Module
     layer1: nn.Module
     layer2: nn.Module

@@ -89,6 +89,8 @@ class TokenHead(nn.Module):
 class Transformer(ReferenceModel):
     """``stem`` = `PatchEmbed`, ``layer1..3`` = `EncoderBlock` s, ``head`` = `TokenHead`."""
 
+    feature_layout = "tokens"
+
     def __init__(self, *, input_shape: tuple[int, ...], num_classes: int, dim: int, heads: int,
                  hidden: int, patch: int, blocks: tuple[int, int, int]) -> None:
         super().__init__(input_shape, num_classes)

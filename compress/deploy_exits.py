@@ -1,0 +1,132 @@
+"""Export a model with early exits as segments plus a policy, calibrate it, and measure it.
+
+Each segment is exported to its own ONNX file and checked against PyTorch; thresholds are
+calibrated on the validation split with the exported segments in onnxruntime; accuracy, the
+share of samples leaving at each exit, mean MACs per sample and the expected batch-1 latency
+are measured on the test split with the same progressive runtime a device uses.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from compress.core.measure import count_macs, count_nonzero, count_params
+from compress.core.report import ModelReport, StageReport
+from compress.core.technique import ExportPlan
+from compress.datasets import Dataset
+from compress.deploy import PARITY_SAMPLES, BundleSpec, _manifest
+from compress.exits.branches import EarlyExitModel
+from compress.exits.calibrate import calibrate
+from compress.exits.segments import split
+from compress.targets.latency import estimate_latency
+from export.bundle import write_bundle
+from export.errors import ParityError
+from export.measure import compressed_bytes, latency_ms, onnx_stats
+from export.onnx import check_parity, export_onnx
+from export.report import render_markdown
+from export.runtime import make_session, run_all_exits, run_segments
+
+
+def deploy_exits(model: EarlyExitModel, spec: BundleSpec, *, data: Dataset, example_inputs: tuple[torch.Tensor, ...],
+                 export_plan: ExportPlan | None, stages: list[StageReport], out_dir: Path) -> dict[str, Any]:
+    """Export `model` as segments into the bundle folder `out_dir`; returns its report entry."""
+    model = model.eval()
+    target = spec.target
+    notes = [f"{len(model.exits)} early exits after {', '.join(model.after)}; exported as "
+             f"{len(model.exits) + 1} segments plus a threshold policy in the manifest"]
+    if export_plan is not None and export_plan.quantize:
+        notes.append("ptq_int8 is not applied to segmented exports yet: the segments are fp32")
+    if target.export_format != "onnx":
+        notes.append(f"target {target.name} runs {target.runtime}; this version exports ONNX only")
+    segments = split(model)
+    specs, files, seg_macs = [], {}, []
+    with tempfile.TemporaryDirectory(prefix="edgetier-exits-") as tmp:
+        feed = example_inputs[0]
+        check = torch.from_numpy(data.test.x[:PARITY_SAMPLES])
+        for k, segment in enumerate(segments):
+            last = k == len(segments) - 1
+            name = f"segment_{k}.onnx"
+            # distinct names per cut: an input and an output of one graph may not share a name
+            inputs = "input" if k == 0 else f"features_{k - 1}"
+            outputs = ["logits"] if last else [f"exit_logits_{k}", f"features_{k}"]
+            path = export_onnx(segment.eval(), (feed,), Path(tmp) / name, input_name=inputs, output_name=outputs)
+            parity = check_parity(path, segment, check.numpy(), atol=target.tolerance.atol, rtol=target.tolerance.rtol)
+            if not parity.passed:
+                raise ParityError(f"segment {k} differs from PyTorch by {parity.max_abs_diff:.3g}", where=spec.name,
+                                  fix="report this model; an operator exports differently from its PyTorch meaning")
+            seg_macs.append(count_macs(segment, (feed,)))
+            with torch.no_grad():
+                if not last:
+                    feed, check = segment(feed)[1], segment(check)[1]
+            specs.append({"file": name, "input": inputs, "outputs": outputs})
+            files[name] = path
+        sessions = [make_session(files[s["file"]], threads=2) for s in specs]
+        policy = model.policy
+        val = run_all_exits(sessions, specs, data.val.x)
+        cal = calibrate(val, data.val.y, criterion=policy["criterion"], target_accuracy=policy["target_accuracy"],
+                        exit_rate=policy["exit_rate"])
+        exits = [{"after": after, "criterion": policy["criterion"], "threshold": t}
+                 for after, t in zip(model.after, cal.thresholds, strict=True)]
+        logits, taken = run_segments(sessions, specs, exits, data.test.x)
+        every = run_all_exits(sessions, specs, data.test.x)
+        metrics = _metrics(logits, taken, every, data.test.y, seg_macs)
+        seg_latency = [latency_ms(files[s["file"]], _first_input(sessions, specs, data.test.x[:1], k),
+                                  threads=1).median_ms for k, s in enumerate(specs)]
+        cumulative = np.cumsum(seg_latency)
+        share = np.array(metrics["exit_share"])
+        total_bytes = sum(files[s["file"]].stat().st_size for s in specs)
+        full_macs = int(sum(seg_macs))
+        stats = [onnx_stats(files[s["file"]]) for s in specs]
+        estimate = estimate_latency(target, macs=int(metrics["mean_macs"]), weight_bytes=total_bytes,
+                                    activation_bytes=0, precision="fp32") if "fp32" in target.supported_precisions \
+            else None
+        exits_report = {**metrics, "thresholds": list(cal.thresholds), "criterion": policy["criterion"],
+                        "target_accuracy": cal.target_accuracy, "curve": [list(c) for c in cal.curve],
+                        "segment_latency_ms": seg_latency, "full_macs": full_macs,
+                        "expected_latency_ms": float((share * cumulative).sum())}
+        entry = ModelReport(
+            name=spec.name, target=target.name, tier=target.tier, runtime="onnxruntime", format="onnx",
+            precision="fp32", bytes=total_bytes, compressed_bytes=sum(compressed_bytes(files[s["file"]]) for s in specs),
+            params=sum(s["params"] for s in stats), torch_params=count_params(model),
+            nonzero_params=count_nonzero(model), macs=int(round(metrics["mean_macs"])),
+            accuracy=metrics["accuracy"], torch_accuracy=metrics["final_accuracy"],
+            latency_ms=exits_report["expected_latency_ms"], latency_p90_ms=float(cumulative[-1]), latency_threads=1,
+            estimated_latency_ms=estimate.ms if estimate else None,
+            parity={"segments": len(specs), "samples": PARITY_SAMPLES}, stages=tuple(stages),
+            notes=tuple(notes + ["macs and latency_ms are means over the test split under the exit policy; "
+                                 "latency_p90_ms is the full chain"]), exits=exits_report,
+        ).to_dict()
+        manifest = _manifest(spec, data, example_inputs, "fp32", export_plan)
+        manifest["model"] = {"format": "onnx", "precision": "fp32", "segments": specs}
+        manifest["exits"] = exits
+        report = {"recipe": spec.recipe_name, "models": [entry], "notes": list(entry["notes"])}
+        write_bundle(out_dir, files=files, manifest=manifest, report=report, report_md=render_markdown(report))
+    return entry
+
+
+def _first_input(sessions: list, specs: list[dict[str, Any]], x: np.ndarray, k: int) -> np.ndarray:
+    """The input segment k sees for `x` (the features after the segments before it)."""
+    feed = x
+    for session, spec in zip(sessions[:k], specs[:k], strict=True):
+        feed = session.run(None, {spec["input"]: feed})[1]
+    return feed
+
+
+def _metrics(logits: np.ndarray, taken: np.ndarray, every: list[np.ndarray], y: np.ndarray,
+             seg_macs: list[int]) -> dict[str, Any]:
+    n_exits = len(every)
+    share = [float((taken == k).mean()) for k in range(n_exits)]
+    cumulative = np.cumsum(seg_macs)
+    return {
+        "accuracy": float((logits.argmax(1) == y).mean()),
+        "exit_share": share,
+        "exit_accuracy_all_samples": [float((e.argmax(1) == y).mean()) for e in every],
+        "final_accuracy": float((every[-1].argmax(1) == y).mean()),
+        "mean_macs": float((np.array(share) * cumulative).sum()),
+        "mean_macs_ratio": float((np.array(share) * cumulative).sum() / cumulative[-1]),
+    }

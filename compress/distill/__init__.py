@@ -1,0 +1,1 @@
+"""Knowledge distillation from the cloud model into a variant (survey section VI-B)."""

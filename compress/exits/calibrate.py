@@ -1,0 +1,72 @@
+"""Choosing exit thresholds on the validation split, and the accuracy / exit-rate curve.
+
+Exits are calibrated in order. At exit k, among the samples no earlier exit took, samples are
+ranked from most to least confident; the threshold admits the longest prefix whose accuracy
+still reaches the target (or the prefix that gives the requested exit rate). The samples it
+admits leave; the rest go on to exit k+1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from export.policy import exits as exits_mask
+from export.policy import score
+
+NEVER = {"confidence": 2.0, "entropy": -1.0, "normalized_entropy": -1.0}  # thresholds no sample passes
+
+
+@dataclass(frozen=True)
+class Calibration:
+    thresholds: tuple[float, ...]
+    target_accuracy: float | None
+    curve: tuple[tuple[dict[str, float], ...], ...]  # per exit: points of threshold / exit share / accuracy
+
+
+def _ranked(scores: np.ndarray, criterion: str) -> np.ndarray:
+    """Indices from most to least confident."""
+    return np.argsort(-scores if criterion == "confidence" else scores, kind="stable")
+
+
+def calibrate(logits: list[np.ndarray], y: np.ndarray, *, criterion: str, target_accuracy: float | None = None,
+              exit_rate: float | None = None, curve_points: int = 11) -> Calibration:
+    """Thresholds for every exit but the final one (`logits[-1]`), from validation logits.
+
+    >>> y = np.array([0, 1, 0, 1])
+    >>> early = np.array([[5.0, 0.0], [4.0, 0.0], [0.1, 0.0], [0.0, 0.1]])  # sure+right, sure+wrong, unsure
+    >>> final = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    >>> cal = calibrate([early, final], y, criterion="confidence", target_accuracy=1.0)
+    >>> round(cal.thresholds[0], 4)  # only the first (correct, most confident) sample may leave
+    0.9933
+    """
+    n = len(y)
+    if target_accuracy is None and exit_rate is None:
+        target_accuracy = float((logits[-1].argmax(1) == y).mean())
+    remaining = np.ones(n, dtype=bool)
+    thresholds, curve = [], []
+    for exit_logits in logits[:-1]:
+        idx = np.flatnonzero(remaining)
+        s = score(exit_logits[idx], criterion)
+        correct = exit_logits[idx].argmax(1) == y[idx]
+        order = _ranked(s, criterion)
+        if exit_rate is not None:
+            take = min(len(idx), int(round(exit_rate * n)))
+        else:
+            cumulative = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
+            ok = np.flatnonzero(cumulative >= target_accuracy - 1e-12)
+            take = int(ok[-1]) + 1 if len(ok) else 0
+        threshold = float(s[order[take - 1]]) if take else NEVER[criterion]
+        thresholds.append(threshold)
+        curve.append(_curve(s, correct, order, n, curve_points))
+        remaining[idx[exits_mask(exit_logits[idx], criterion, threshold)]] = False
+    return Calibration(tuple(thresholds), target_accuracy, tuple(curve))
+
+
+def _curve(s: np.ndarray, correct: np.ndarray, order: np.ndarray, n: int, points: int) -> tuple[dict[str, float], ...]:
+    out = []
+    for take in np.unique(np.linspace(0, len(order), points).round().astype(int))[1:]:
+        out.append({"threshold": float(s[order[take - 1]]), "exit_share": float(take / n),
+                    "accuracy": float(correct[order[:take]].mean())})
+    return tuple(out)

@@ -1,0 +1,147 @@
+"""Early exits: branches, joint loss, segments, calibration, and the exported bundle's policy."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from pydantic import ValidationError
+
+import compress
+from compress.core.context import Context
+from compress.core.errors import EdgetierError
+from compress.exits.branches import EarlyExitModel
+from compress.exits.calibrate import calibrate
+from compress.exits.segments import split
+from compress.exits.technique import EarlyExit, EarlyExitConfig
+from compress.models import build
+from export import runtime
+from export.policy import score
+
+MODELS = [("resnet1d", (1, 40)), ("resnet2d", (1, 8, 8)), ("transformer", (1, 40)), ("transformer", (1, 8, 8))]
+
+
+def _model(zoo, shape):
+    torch.manual_seed(0)
+    return build(zoo, input_shape=shape, num_classes=5, **({"width": 8} if zoo.startswith("resnet") else {"dim": 16}))
+
+
+@pytest.mark.parametrize("zoo,shape", MODELS)
+@pytest.mark.parametrize("head", ["pool_fc", "conv_pool_fc"])
+def test_exits_attach_and_segments_chain_to_the_same_logits(zoo, shape, head):
+    model = _model(zoo, shape)
+    reference = copy.deepcopy(model).eval()
+    exit_model, report = compress.apply(model, EarlyExitConfig(after=("layer1", "layer2"), head=head))
+    assert isinstance(exit_model, EarlyExitModel) and list(report["layers"]) == ["layer1", "layer2"]
+    exit_model.eval()
+    x = torch.randn(6, *shape)
+    with torch.no_grad():
+        # eval forward is the untouched backbone: exits add nothing to the final path
+        torch.testing.assert_close(exit_model(x), reference(x), rtol=0, atol=0)
+        logits = exit_model.all_logits(x)
+        assert [tuple(t.shape) for t in logits] == [(6, 5)] * 3
+        chained, feed = [], x
+        for segment in split(exit_model):
+            out = segment(feed)
+            if isinstance(out, tuple):
+                chained.append(out[0])
+                feed = out[1]
+            else:
+                chained.append(out)
+    for a, b in zip(chained, logits, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # the same ops in the same order
+
+
+def test_joint_loss_trains_the_exits_in_a_users_loop():
+    model = _model("resnet1d", (1, 40))
+    result = compress.apply(model, EarlyExitConfig(after=("layer1",), weights=(0.5, 1.0)))
+    model, hooks = result.model, result.hooks
+    x, y = torch.randn(8, 1, 40), torch.randint(0, 5, (8,))
+    model.train()
+    out = model(x)
+    extra = hooks.loss(model, x, out, y)
+    # eq. 6 with the final weight 1: the hook adds w_1 * CE(exit_1)
+    torch.testing.assert_close(extra, 0.5 * F.cross_entropy(model.exit_logits[0], y))
+    (F.cross_entropy(out, y) + extra).backward()
+    assert model.exits["layer1"].fc.weight.grad.abs().sum() > 0
+
+
+def test_restore_rebuilds_the_exits_so_the_state_dict_loads():
+    model = _model("resnet2d", (1, 8, 8))
+    technique = EarlyExit(EarlyExitConfig(after=("layer1",)))
+    ctx = Context(example_inputs=model.example_inputs())
+    trained = technique.apply(copy.deepcopy(model), ctx).model.eval()
+    with torch.no_grad():
+        for p in trained.exits.parameters():
+            p.add_(0.5)
+    fresh = technique.restore(copy.deepcopy(model), {}, ctx).model.eval()
+    fresh.load_state_dict(trained.state_dict())
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.all_logits(x)[0], trained.all_logits(x)[0])
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"after": ()}, "at least 1"),
+    ({"after": ("layer1", "layer1")}, "twice"),
+    ({"after": ("layer1",), "weights": (1.0,)}, "needs 2 values"),
+    ({"after": ("layer1",), "target_accuracy": 0.9, "exit_rate": 0.5}, "not both"),
+])
+def test_bad_configs(kwargs, message):
+    with pytest.raises(ValidationError, match=message):
+        EarlyExitConfig(**kwargs)
+
+
+@pytest.mark.parametrize("after,message", [(("layer9",), "not top-level stages"), (("head",), "final classifier"),
+                                           (("layer2", "layer1"), "follow the model's order")])
+def test_exits_at_impossible_places(after, message):
+    with pytest.raises(EdgetierError, match=message):
+        EarlyExitConfig(after=after).check_model(_model("resnet1d", (1, 40)), None)
+
+
+def test_calibration_meets_the_target_on_the_calibration_data():
+    rng = np.random.default_rng(0)
+    n, classes = 2000, 4
+    y = rng.integers(0, classes, n)
+    # an early exit that is right more often when it is more confident, as trained exits are
+    confidence = rng.uniform(0, 1, n)
+    right = rng.uniform(0, 1, n) < 0.4 + 0.6 * confidence
+    predicted = np.where(right, y, (y + rng.integers(1, classes, n)) % classes)
+    early = rng.normal(0, 0.1, (n, classes))
+    early[np.arange(n), predicted] += 4 * confidence
+    final = np.eye(classes)[y] * 5 + rng.normal(0, 1, (n, classes))
+    for target in (0.9, 0.97):
+        cal = calibrate([early, final], y, criterion="normalized_entropy", target_accuracy=target)
+        leave = score(early, "normalized_entropy") <= cal.thresholds[0]
+        assert 0 < leave.mean() < 1
+        assert (early[leave].argmax(1) == y[leave]).mean() >= target  # exactly the rule it calibrates by
+    loose = calibrate([early, final], y, criterion="confidence", target_accuracy=0.9).thresholds[0]
+    strict = calibrate([early, final], y, criterion="confidence", target_accuracy=0.97).thresholds[0]
+    assert strict > loose  # a higher accuracy target demands more confidence
+    rate = calibrate([early, final], y, criterion="confidence", exit_rate=0.3)
+    assert (score(early, "confidence") >= rate.thresholds[0]).mean() == pytest.approx(0.3, abs=0.01)
+
+
+def test_pipeline_exports_segments_and_the_runtime_runs_the_policy(tiny_recipe, write_recipe, tmp_path):
+    tiny_recipe["stages"] = [
+        {"name": "exits", "kind": "early_exit", "with": {"after": ["layer1", "layer2"], "target_accuracy": 0.9}},
+        {"name": "distill", "kind": "distill", "with": {"temperature": 3, "alpha": 0.5}, "train": {"epochs": 3}},
+    ]
+    tiny_recipe["variants"] = {"end": {"target": "rpi4"}}
+    recipe = compress.load_recipe(write_recipe(tiny_recipe))
+    result = compress.run(recipe, out_dir=tmp_path / "runs")
+    entry = result.models[-1]
+    bundle = runtime.load(result.bundles["end"])
+    assert [s["file"] for s in bundle.manifest["model"]["segments"]] == [f"segment_{k}.onnx" for k in range(3)]
+    assert [e["after"] for e in bundle.exits] == ["layer1", "layer2"]
+    data = compress.datasets.load("digits", seed=0)
+    logits, taken = bundle.predict(data.test.x, batch_size=64, return_exits=True)
+    # the report's numbers, re-measured through the device runtime (batching cannot change a decision)
+    assert float((logits.argmax(1) == data.test.y).mean()) == pytest.approx(entry["accuracy"])
+    shares = [float((taken == k).mean()) for k in range(3)]
+    assert shares == pytest.approx(entry["exits"]["exit_share"])
+    assert sum(shares) == pytest.approx(1.0)
+    assert entry["macs"] <= entry["exits"]["full_macs"]
