@@ -132,6 +132,19 @@ def inspect(bundle: Annotated[Path, typer.Argument(help="bundle folder")]) -> No
     out.print(summary_table(report["models"], "report (measured on the exported file)"))
 
 
+@app.command()
+def cascade(run_dir: Annotated[Path, typer.Argument(help="run folder written by `edgetier run`")],
+            tiers: Annotated[str | None, typer.Option(help="bundles in order, e.g. end,edge,cloud")] = None,
+            target_accuracy: Annotated[float | None, typer.Option(
+                help="accuracy each tier's answers must reach on val (default: the last tier's)")] = None) -> None:
+    """Calibrate and simulate end → edge → cloud inference on the test split."""
+    from compress.cascade import render_cascade, simulate
+
+    result = simulate(run_dir, tiers=tiers.split(",") if tiers else None, target_accuracy=target_accuracy)
+    out.print(render_cascade(result), markup=False, highlight=False)
+    out.print(f"written: {run_dir / 'cascade.json'}, {run_dir / 'cascade.md'}")
+
+
 @targets_app.command("list")
 def targets_list() -> None:
     """List the known hardware targets."""

@@ -87,7 +87,8 @@ def deploy_exits(model: EarlyExitModel, spec: BundleSpec, *, data: Dataset, exam
             else None
         exits_report = {**metrics, "thresholds": list(cal.thresholds), "criterion": policy["criterion"],
                         "target_accuracy": cal.target_accuracy, "curve": [list(c) for c in cal.curve],
-                        "segment_latency_ms": seg_latency, "full_macs": full_macs,
+                        "segment_latency_ms": seg_latency, "segment_macs": seg_macs,
+                        "segment_bytes": [files[s["file"]].stat().st_size for s in specs], "full_macs": full_macs,
                         "expected_latency_ms": float((share * cumulative).sum())}
         entry = ModelReport(
             name=spec.name, target=target.name, tier=target.tier, runtime="onnxruntime", format="onnx",

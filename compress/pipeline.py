@@ -112,7 +112,7 @@ def run(recipe: Recipe, *, out_dir: str | Path = "runs", variants: list[str] | N
         models.append(deploy_fn(model, spec, data=data, example_inputs=example_inputs, export_plan=export_plan,
                                 stages=stage_reports, out_dir=run_dir / plan.variant))
         bundles[plan.variant] = run_dir / plan.variant
-    _write_run_report(run_dir, recipe, models)
+    _write_run_report(run_dir, recipe, models, seed)
     return RunResult(run_dir=run_dir, bundles=bundles, models=models)
 
 
@@ -254,11 +254,16 @@ def _run_variant(plan: Plan, cloud: nn.Module, cloud_fingerprint: str, data: Dat
     return model.eval(), export_plan, reports
 
 
-def _write_run_report(run_dir: Path, recipe: Recipe, models: list[dict[str, Any]]) -> None:
+def _write_run_report(run_dir: Path, recipe: Recipe, models: list[dict[str, Any]], seed: int) -> None:
     notes = [f"{m['name']}: {note}" for m in models for note in m.get("notes", [])]
     report = {"recipe": recipe.name, "recipe_sha256": recipe.sha256, "models": models, "notes": notes}
+    # what later commands (`edgetier cascade`) need to rebuild the run's data splits
+    run_info = {"recipe": recipe.name, "recipe_path": str(recipe.path.resolve()), "recipe_sha256": recipe.sha256,
+                "seed": seed, "data": {"dataset": recipe.data.dataset, **recipe.data.options},
+                "bundles": [m["name"] for m in models]}
     for name, text in (("report.json", json.dumps(report, indent=2, sort_keys=True)),
-                       ("report.md", render_markdown(report))):
+                       ("report.md", render_markdown(report)),
+                       ("run.json", json.dumps(run_info, indent=2, sort_keys=True))):
         tmp = run_dir / f".{name}.tmp"
         tmp.write_text(text + "\n", encoding="utf-8")
         os.replace(tmp, run_dir / name)

@@ -84,10 +84,13 @@ def resnet2d(*, input_shape: tuple[int, ...], num_classes: int, width: int = 32,
 
 
 def resnet1d(*, input_shape: tuple[int, ...], num_classes: int, width: int = 64,
-             blocks: tuple[int, int, int] = (1, 1, 1), kernel_size: int = 5) -> ResNet:
+             blocks: tuple[int, int, int] = (1, 1, 1), kernel_size: int = 5, growth: int = 1) -> ResNet:
     """Residual 1-D CNN for signals (C, L), e.g. MNIST-1D's (1, 40).
 
-    All three stages keep ``width`` channels and halve the length (40 → 20, 10, 5). Measured on
+    The stages have ``width``, ``growth·width`` and ``growth²·width`` channels and halve the length
+    (40 → 20, 10, 5). With ``growth=1`` (the default) the first stage holds most of the MACs;
+    ``growth=2`` (as image ResNets) moves them to the last stage, which is what makes early exits
+    after the first stages cheap. Measured on
     MNIST-1D (10,000 samples, 15 epochs, one CPU thread): 97.6 % in ~60 s; doubling the channels
     per stage as image ResNets do (64, 128, 256) gave 99.0 % but took 2.4× as long, and a
     stride-2 stem gave 95.1 % in ~45 s.
@@ -100,10 +103,11 @@ def resnet1d(*, input_shape: tuple[int, ...], num_classes: int, width: int = 64,
     input_shape = check_input_shape(input_shape, (2,), where, "resnet1d takes (channels, length), e.g. "
                                     "(1, 40); use resnet2d for (channels, height, width)")
     width = positive_int(width, "width", where)
+    growth = positive_int(growth, "growth", where)
     kernel_size = positive_int(kernel_size, "kernel_size", where)
     if kernel_size % 2 == 0:
         raise EdgetierError(f"kernel_size is {kernel_size}", where=where,
                             fix="use an odd kernel_size (3, 5, 7) so that 'same' padding keeps the length")
     return ResNet(1, input_shape=input_shape, num_classes=positive_int(num_classes, "num_classes", where),
-                  channels=(width, width, width), strides=(2, 2, 2),
+                  channels=(width, growth * width, growth * growth * width), strides=(2, 2, 2),
                   blocks=stage_blocks(blocks, where), kernel_size=kernel_size)

@@ -35,7 +35,7 @@ def check_zoo(zoo: str, options: Mapping[str, Any]) -> Callable[..., nn.Module]:
     >>> check_zoo("resnet1d", {"depth": 3})
     Traceback (most recent call last):
     ...
-    compress.core.errors.EdgetierError: model 'resnet1d': unknown parameter(s) depth. Fix: use only: width=64, blocks=(1, 1, 1), kernel_size=5.
+    compress.core.errors.EdgetierError: model 'resnet1d': unknown parameter(s) depth. Fix: use only: width=64, blocks=(1, 1, 1), kernel_size=5, growth=1.
     """
     if zoo not in ZOO:
         raise EdgetierError(f"unknown zoo model {zoo!r}", where="model",
