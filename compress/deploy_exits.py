@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from compress.core.errors import EdgetierError
 from compress.core.measure import count_macs, count_nonzero, count_params
 from compress.core.report import ModelReport, StageReport
 from compress.core.technique import ExportPlan
@@ -68,8 +69,12 @@ def deploy_exits(model: EarlyExitModel, spec: BundleSpec, *, data: Dataset, exam
         sessions = [make_session(files[s["file"]], threads=2) for s in specs]
         policy = model.policy
         val = run_all_exits(sessions, specs, data.val.x)
-        cal = calibrate(val, data.val.y, criterion=policy["criterion"], target_accuracy=policy["target_accuracy"],
-                        exit_rate=policy["exit_rate"])
+        try:
+            cal = calibrate(val, data.val.y, criterion=policy["criterion"], target_accuracy=policy["target_accuracy"],
+                            exit_rate=policy["exit_rate"], thresholds=policy.get("thresholds"))
+        except EdgetierError as exc:
+            raise EdgetierError(exc.problem, where=f"variant {spec.name}: early_exit.target_accuracy",
+                                fix=f"{exc.fix}; the trained stages are checkpointed, so rerun with --resume") from None
         exits = [{"after": after, "criterion": policy["criterion"], "threshold": t}
                  for after, t in zip(model.after, cal.thresholds, strict=True)]
         logits, taken = run_segments(sessions, specs, exits, data.test.x)

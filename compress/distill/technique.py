@@ -43,6 +43,15 @@ class Distill(BaseTechnique):
 
     def apply(self, model: nn.Module, ctx: Context) -> Result:
         teacher = self._teacher(ctx)
+        if ctx.example_inputs:
+            with torch.no_grad():
+                was_training = model.training
+                student_classes = model.eval()(*ctx.example_inputs).shape[-1]
+                model.train(was_training)
+                teacher_classes = teacher(*ctx.example_inputs).shape[-1]
+            if student_classes != teacher_classes:
+                raise EdgetierError(f"the teacher predicts {teacher_classes} classes and the student "
+                                    f"{student_classes}", fix="distill from a teacher trained on the same labels")
         return Result(model, {"temperature": self.config.temperature, "alpha": self.config.alpha,
                               "teacher": self.config.teacher_checkpoint or "cloud model"},
                       hooks=self._hooks(teacher))

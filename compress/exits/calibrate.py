@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from compress.core.errors import EdgetierError
 from export.policy import exits as exits_mask
 from export.policy import score
 
@@ -31,7 +32,8 @@ def _ranked(scores: np.ndarray, criterion: str) -> np.ndarray:
 
 
 def calibrate(logits: list[np.ndarray], y: np.ndarray, *, criterion: str, target_accuracy: float | None = None,
-              exit_rate: float | None = None, curve_points: int = 11) -> Calibration:
+              exit_rate: float | None = None, thresholds: tuple[float, ...] | None = None,
+              curve_points: int = 11) -> Calibration:
     """Thresholds for every exit but the final one (`logits[-1]`), from validation logits.
 
     >>> y = np.array([0, 1, 0, 1])
@@ -42,26 +44,39 @@ def calibrate(logits: list[np.ndarray], y: np.ndarray, *, criterion: str, target
     0.9933
     """
     n = len(y)
-    if target_accuracy is None and exit_rate is None:
+    explicit_target = target_accuracy is not None
+    if target_accuracy is None and exit_rate is None and thresholds is None:
         target_accuracy = float((logits[-1].argmax(1) == y).mean())
     remaining = np.ones(n, dtype=bool)
-    thresholds, curve = [], []
+    thresholds_out: list[float] = []
+    curve = []
+    best = 0.0
     for exit_logits in logits[:-1]:
         idx = np.flatnonzero(remaining)
         s = score(exit_logits[idx], criterion)
         correct = exit_logits[idx].argmax(1) == y[idx]
         order = _ranked(s, criterion)
-        if exit_rate is not None:
+        if thresholds is not None:
+            take = int(exits_mask(exit_logits[idx], criterion, thresholds[len(thresholds_out)]).sum())
+        elif exit_rate is not None:
             take = min(len(idx), int(round(exit_rate * n)))
         else:
             cumulative = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
             ok = np.flatnonzero(cumulative >= target_accuracy - 1e-12)
             take = int(ok[-1]) + 1 if len(ok) else 0
-        threshold = float(s[order[take - 1]]) if take else NEVER[criterion]
-        thresholds.append(threshold)
+            best = max(best, float(cumulative.max(initial=0.0)))
+        if thresholds is not None:
+            threshold = float(thresholds[len(thresholds_out)])
+        else:
+            threshold = float(s[order[take - 1]]) if take else NEVER[criterion]
+        thresholds_out.append(threshold)
         curve.append(_curve(s, correct, order, n, curve_points))
         remaining[idx[exits_mask(exit_logits[idx], criterion, threshold)]] = False
-    return Calibration(tuple(thresholds), target_accuracy, tuple(curve))
+    if explicit_target and not any(t != NEVER[criterion] for t in thresholds_out):
+        raise EdgetierError(f"no exit reaches the target accuracy {target_accuracy:.2%} on the validation split for "
+                            f"any share of samples; the best reachable is {best:.2%}",
+                            fix=f"lower target_accuracy to at most {best:.3f}, or train the exits longer")
+    return Calibration(tuple(thresholds_out), target_accuracy, tuple(curve))
 
 
 def _curve(s: np.ndarray, correct: np.ndarray, order: np.ndarray, n: int, points: int) -> tuple[dict[str, float], ...]:

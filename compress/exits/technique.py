@@ -40,6 +40,8 @@ class EarlyExitConfig(TechniqueConfig):
         None, gt=0, le=1, description="accuracy the samples leaving at each exit must reach on the validation "
                                       "split; default: the final classifier's validation accuracy")
     exit_rate: float | None = Field(None, gt=0, le=1, description="instead: share of samples to leave at each exit")
+    thresholds: tuple[float, ...] | None = Field(
+        None, description="instead: fixed thresholds, one per exit (confidence or normalized entropy, in [0, 1])")
 
     @model_validator(mode="after")
     def _consistent(self) -> EarlyExitConfig:
@@ -50,8 +52,16 @@ class EarlyExitConfig(TechniqueConfig):
                              f"got {len(self.weights)}")
         if self.weights is not None and any(w < 0 for w in self.weights):
             raise ValueError("weights must not be negative")
-        if self.target_accuracy is not None and self.exit_rate is not None:
-            raise ValueError("give target_accuracy or exit_rate, not both")
+        chosen = [k for k in ("target_accuracy", "exit_rate", "thresholds") if getattr(self, k) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"give one of target_accuracy, exit_rate or thresholds, not {' and '.join(chosen)}")
+        if self.thresholds is not None:
+            if len(self.thresholds) != len(self.after):
+                raise ValueError(f"thresholds needs one value per exit ({len(self.after)}), got {len(self.thresholds)}")
+            if self.criterion == "entropy":
+                raise ValueError("fixed thresholds need a bounded criterion: confidence or normalized_entropy")
+            if any(not 0 <= t <= 1 for t in self.thresholds):
+                raise ValueError(f"thresholds must lie in [0, 1], got {list(self.thresholds)}")
         return self
 
     def check_model(self, model: nn.Module, target: Any) -> None:
@@ -100,7 +110,7 @@ class EarlyExit(BaseTechnique):
                  for name in self.config.after}
         exit_model = EarlyExitModel(model, heads, self._weights()[:-1])
         exit_model.policy = {"criterion": self.config.criterion, "target_accuracy": self.config.target_accuracy,
-                             "exit_rate": self.config.exit_rate}
+                             "exit_rate": self.config.exit_rate, "thresholds": self.config.thresholds}
         return exit_model
 
     def _hooks(self) -> HookSet:

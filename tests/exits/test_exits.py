@@ -88,7 +88,9 @@ def test_restore_rebuilds_the_exits_so_the_state_dict_loads():
     ({"after": ()}, "at least 1"),
     ({"after": ("layer1", "layer1")}, "twice"),
     ({"after": ("layer1",), "weights": (1.0,)}, "needs 2 values"),
-    ({"after": ("layer1",), "target_accuracy": 0.9, "exit_rate": 0.5}, "not both"),
+    ({"after": ("layer1",), "target_accuracy": 0.9, "exit_rate": 0.5}, "not target_accuracy and exit_rate"),
+    ({"after": ("layer1",), "thresholds": (1.5,)}, "in \\[0, 1\\]"),
+    ({"after": ("layer1",), "thresholds": (0.5, 0.5)}, "one value per exit"),
 ])
 def test_bad_configs(kwargs, message):
     with pytest.raises(ValidationError, match=message):
@@ -145,3 +147,51 @@ def test_pipeline_exports_segments_and_the_runtime_runs_the_policy(tiny_recipe, 
     assert shares == pytest.approx(entry["exits"]["exit_share"])
     assert sum(shares) == pytest.approx(1.0)
     assert entry["macs"] <= entry["exits"]["full_macs"]
+
+
+def test_runtime_exit_decisions_equal_the_pytorch_policy(tmp_path):
+    from compress.core.train import TrainSpec, fit
+    from compress.deploy import BundleSpec
+    from compress.deploy_exits import deploy_exits
+    from compress.targets import load_target
+    from export.policy import exits as passes
+
+    data = compress.datasets.load("digits", seed=0)
+    torch.manual_seed(0)
+    model = build("resnet2d", input_shape=(1, 8, 8), num_classes=10, width=8)
+    result = compress.apply(model, EarlyExitConfig(after=("layer1", "layer2"), criterion="confidence",
+                                                   exit_rate=0.3))
+    fit(result.model, data.train, TrainSpec(epochs=2, lr=0.01, batch_size=64), hooks=result.hooks)
+    spec = BundleSpec("end", load_target("rpi4"), "t", "0" * 64, 0)
+    deploy_exits(result.model, spec, data=data, example_inputs=result.model.example_inputs(), export_plan=None,
+                 stages=[], out_dir=tmp_path / "end")
+    bundle = runtime.load(tmp_path / "end")
+    _, taken = bundle.predict(data.test.x, return_exits=True)
+    with torch.no_grad():
+        logits = [t.numpy() for t in result.model.eval().all_logits(torch.from_numpy(data.test.x))]
+    expected = np.full(len(data.test.y), 2)
+    for k, exit_spec in reversed(list(enumerate(bundle.exits))):  # the first passing exit wins
+        expected[passes(logits[k], "confidence", exit_spec["threshold"])] = k
+    # the same thresholds on PyTorch's logits; a sample exactly at a threshold could flip between
+    # runtimes (fp32 differences ~1e-6), so allow at most one such sample
+    assert (taken != expected).sum() <= 1
+    assert 0 < (taken == 0).mean() < 1
+
+
+def test_an_unreachable_target_accuracy_says_what_is_reachable():
+    y = np.array([0, 1, 0, 1])
+    # the most confident half is wrong: no prefix of the ranking does better than 50 %
+    early = np.array([[0.0, 5.0], [5.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    final = np.eye(2)[y] * 3
+    with pytest.raises(EdgetierError, match="best reachable is 50.00%"):
+        calibrate([early, final], y, criterion="confidence", target_accuracy=0.99)
+
+
+def test_teacher_with_other_classes_is_refused():
+    from compress.distill.technique import DistillConfig
+
+    teacher = _model("resnet1d", (1, 40))  # 5 classes
+    torch.manual_seed(1)
+    student = build("resnet1d", input_shape=(1, 40), num_classes=3, width=8)
+    with pytest.raises(EdgetierError, match="teacher predicts 5 classes and the student 3"):
+        compress.apply(student, DistillConfig(), teacher=teacher)
