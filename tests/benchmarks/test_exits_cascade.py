@@ -1,0 +1,78 @@
+"""Issue 5's numbers, measured through `edgetier run` and `edgetier cascade` on MNIST-1D resnet1d.
+
+The end variant is the cloud architecture with exits after layer1 and layer2 (BranchyNet heads),
+trained jointly and distilled from the cloud model; the same run with alpha = 0 (no teacher,
+same epochs, same seed: the variant's name, and so its stage seeds, are the same) is the
+control. The resnet1d here doubles its channels per stage (growth 2), as image ResNets do, so
+the later stages carry most of the MACs and an early exit saves them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import yaml
+
+import compress
+from compress.cascade import simulate
+
+RECIPE = {
+    "schema_version": 1,
+    "name": "bench-exits",
+    "seed": 0,
+    "model": {"zoo": "resnet1d", "width": 32, "growth": 2, "train": {"epochs": 15, "lr": 0.003, "batch_size": 128}},
+    "data": {"dataset": "mnist1d", "samples": 10000},
+    "defaults": {"train": {"lr": 0.001, "batch_size": 128}},
+    "stages": [
+        {"name": "exits", "kind": "early_exit",
+         "with": {"after": ["layer1", "layer2"], "head": "conv_pool_fc", "weights": [1.0, 1.0, 1.0]}},
+        {"name": "distill", "kind": "distill", "with": {"temperature": 4, "alpha": 0.7}, "train": {"epochs": 10}},
+    ],
+    "variants": {
+        "end": {"target": "rpi4"},
+        "edge": {"target": "jetson_orin_nano", "skip": ["exits"]},
+    },
+}
+
+
+def _run(tmp_path, alpha: float, name: str):
+    recipe = copy.deepcopy(RECIPE)
+    recipe["stages"][1]["with"]["alpha"] = alpha
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return compress.run(compress.load_recipe(path), out_dir=tmp_path / name)
+
+
+@pytest.mark.benchmark
+def test_distilled_exits_and_cascade(tmp_path):
+    distilled = _run(tmp_path, 0.7, "kd")
+    control = _run(tmp_path, 0.0, "nokd")
+    by = {m["name"]: m for m in distilled.models}
+    ctrl = {m["name"]: m for m in control.models}
+    end, cloud = by["end"], by["cloud"]
+    exits = end["exits"]
+    full_macs = cloud["macs"]
+    numbers = {
+        "cloud_accuracy": cloud["accuracy"],
+        "end_accuracy_kd": end["accuracy"], "end_accuracy_no_teacher": ctrl["end"]["accuracy"],
+        "end_final_exit_accuracy_kd": exits["final_accuracy"],
+        "end_final_exit_accuracy_no_teacher": ctrl["end"]["exits"]["final_accuracy"],
+        "exit_share": exits["exit_share"], "exit_accuracy_all_samples": exits["exit_accuracy_all_samples"],
+        "mean_macs": end["macs"], "full_macs": full_macs, "mean_macs_ratio": end["macs"] / full_macs,
+    }
+    result = simulate(distilled.run_dir)
+    numbers["cascade"] = result["cascade"]
+    numbers["cloud_only"] = result["cloud_only"]
+    numbers["end_only"] = result["end_only"]
+    print(json.dumps(numbers, indent=2))
+    # a distilled end variant is at least as accurate as the same variant without the teacher
+    assert end["accuracy"] >= ctrl["end"]["accuracy"]
+    # exits after the first two stages
+    assert exits["exit_share"][0] >= 0.60
+    assert end["accuracy"] >= exits["final_accuracy"] - 0.005
+    assert end["macs"] <= 0.60 * full_macs
+    # cascade end -> edge -> cloud
+    assert result["cascade"]["accuracy"] >= cloud["accuracy"] - 0.005
+    assert result["cascade"]["share_per_tier"][0] >= 0.50
