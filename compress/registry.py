@@ -11,6 +11,10 @@ from compress.core.errors import RecipeError
 from compress.core.technique import BaseTechnique
 from compress.distill.technique import Distill
 from compress.exits.technique import EarlyExit
+from compress.prune.lottery import LotteryTicket
+from compress.prune.snip import Snip
+from compress.prune.structured import StructuredPrune
+from compress.prune.unstructured import UnstructuredPrune
 from compress.quant.ptq import PTQInt8
 from compress.tune.finetune import Finetune
 
@@ -19,6 +23,10 @@ REGISTRY: dict[str, type[BaseTechnique]] = {
     "early_exit": EarlyExit,
     "finetune": Finetune,
     "ptq_int8": PTQInt8,
+    "unstructured_prune": UnstructuredPrune,
+    "structured_prune": StructuredPrune,
+    "lottery_ticket": LotteryTicket,
+    "snip": Snip,
 }
 
 
