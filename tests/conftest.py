@@ -55,3 +55,11 @@ def tiny_run(tmp_path_factory):
     path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY, sort_keys=False))
     return path, compress.run(compress.load_recipe(path), out_dir=folder / "runs")
+
+
+def pytest_configure(config):
+    # One torch thread in the test process: on 2 shared cores, two threads contend with other work
+    # (10x slower steps under load), while one is nearly as fast when the machine is quiet.
+    import torch
+
+    torch.set_num_threads(1)
