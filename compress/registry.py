@@ -16,6 +16,8 @@ from compress.prune.snip import Snip
 from compress.prune.structured import StructuredPrune
 from compress.prune.unstructured import UnstructuredPrune
 from compress.quant.ptq import PTQInt8
+from compress.share.clustering import Cluster
+from compress.share.hashing import HashShare
 from compress.tune.finetune import Finetune
 
 REGISTRY: dict[str, type[BaseTechnique]] = {
@@ -27,6 +29,8 @@ REGISTRY: dict[str, type[BaseTechnique]] = {
     "structured_prune": StructuredPrune,
     "lottery_ticket": LotteryTicket,
     "snip": Snip,
+    "cluster": Cluster,
+    "hash_share": HashShare,
 }
 
 

@@ -45,7 +45,7 @@ def export_onnx(
     example_inputs: tuple[torch.Tensor, ...],
     path: str | os.PathLike[str],
     *,
-    opset: int = 17,
+    opset: int = 18,
     input_name: str | Sequence[str] = "input",
     output_name: str | Sequence[str] = "logits",
     dynamic_batch: bool = True,

@@ -1,0 +1,112 @@
+"""The common shape of a shared-weight layer: a Conv/Linear whose weight is rebuilt in forward.
+
+`SharedLayer` keeps the original layer's call (stride, padding, dilation, groups) and bias;
+subclasses say how the dense weight is rebuilt from their compact tensors
+(`dense_weight`). The layer then calls `F.conv1d` / `F.conv2d` / `F.linear`, so the
+exported graph is the weight-building subgraph followed by the usual Conv or Gemm.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compress.core.errors import EdgetierError
+from compress.core.selectors import select
+
+if TYPE_CHECKING:
+    from compress.targets import Target
+
+SUPPORTED: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+class SharedLayer(nn.Module):
+    """Base of `ClusteredLayer` and `HashedLayer`; not used on its own."""
+
+    technique = "shared"
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        if isinstance(layer, nn.Linear):
+            self.op: str = "linear"
+            self.call_args: dict[str, Any] = {}
+        elif isinstance(layer, (nn.Conv1d, nn.Conv2d)):
+            self.op = "conv1d" if isinstance(layer, nn.Conv1d) else "conv2d"
+            self.call_args = {"stride": layer.stride, "padding": layer.padding, "dilation": layer.dilation,
+                              "groups": layer.groups}
+        else:  # pragma: no cover - callers check with `shareable_layers` first
+            raise TypeError(f"cannot share the weights of {type(layer).__name__}")
+        self.weight_shape: tuple[int, ...] = tuple(layer.weight.shape)
+        self.source_type = type(layer).__name__
+        bias = layer.bias
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense weight this layer computes with (rebuilt; writing to it changes nothing)."""
+        return self.dense_weight()
+
+    def dense_weight(self) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.dense_weight()
+        if self.op == "linear":
+            return F.linear(x, w, self.bias)
+        conv = F.conv1d if self.op == "conv1d" else F.conv2d
+        return conv(x, w, self.bias, **self.call_args)
+
+    def extra_repr(self) -> str:
+        return f"{self.source_type}{list(self.weight_shape)}"
+
+
+def shareable_layers(model: nn.Module, targets: tuple[str, ...], ignore: tuple[str, ...], *, kind: str,
+                     where: str) -> dict[str, nn.Module]:
+    """The layers `targets`/`ignore` select for technique `kind`, checked.
+
+    `re:` and `type:` selectors pick the Conv1d / Conv2d / Linear layers among what they match
+    (`re:layer1\\..*` means the block's convolutions, not its BatchNorms); an exact name must
+    name one. A layer already shared by a technique is an error (clustering a hashed layer), as
+    is a selection with no layer at all.
+    """
+    chosen = select(model, targets, ignore, default_types=(*SUPPORTED, SharedLayer), where=where)
+    named = [t for t in targets if not t.startswith(("re:", "type:"))]
+    wrong = {n: type(chosen[n]).__name__ for n in named if n in chosen and not isinstance(chosen[n], (*SUPPORTED, SharedLayer))}
+    if wrong:
+        names = ", ".join(f"{n} ({t})" for n, t in wrong.items())
+        raise EdgetierError(f"{kind} shares the weights of Conv1d, Conv2d and Linear layers only, not {names}",
+                            where=where, fix="name Conv1d/Conv2d/Linear layers, or use `re:` / `type:` selectors")
+    chosen = {n: m for n, m in chosen.items() if isinstance(m, (*SUPPORTED, SharedLayer))}
+    if not chosen:
+        raise EdgetierError(f"the selectors leave no Conv1d, Conv2d or Linear layer for {kind}", where=where,
+                            fix="select convolutions or linear layers, e.g. targets: ['type:Conv1d', 'type:Linear']")
+    shared = {n: m for n, m in chosen.items() if isinstance(m, SharedLayer)}
+    if shared:
+        names = ", ".join(f"{n} ({m.technique})" for n, m in shared.items())
+        raise EdgetierError(f"{kind} cannot apply to layers whose weights are already shared: {names}", where=where,
+                            fix="a layer is either hashed or clustered, not both: add these layers to `ignore`, "
+                                "or leave them out of the earlier stage")
+    odd = [n for n, m in chosen.items() if getattr(m, "padding_mode", "zeros") != "zeros"]
+    if odd:
+        raise EdgetierError(f"{kind} supports zero-padded convolutions only; {', '.join(odd)} pad otherwise",
+                            where=where, fix="add these layers to `ignore`")
+    return chosen
+
+
+def target_notes(target: Target | None) -> list[str]:
+    """What the report should say about `target` (LiteRT: nothing compact to export to yet)."""
+    if target is None or target.runtime != "litert":
+        return []
+    return [f"target {target.name} runs LiteRT; edgetier exports ONNX only for now, so the compact form (rebuilt "
+            "in the graph, folded by onnxruntime) exists in the ONNX file only; a .tflite export of shared "
+            "weights is not implemented"]
+
+
+def replace_layer(model: nn.Module, name: str, layer: nn.Module) -> None:
+    """Put `layer` where the submodule `name` (dotted path) is."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, layer)
