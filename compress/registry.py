@@ -15,7 +15,9 @@ from compress.prune.lottery import LotteryTicket
 from compress.prune.snip import Snip
 from compress.prune.structured import StructuredPrune
 from compress.prune.unstructured import UnstructuredPrune
+from compress.quant.mixed_precision import MixedPrecision
 from compress.quant.ptq import PTQInt8
+from compress.quant.qat import QAT
 from compress.share.clustering import Cluster
 from compress.share.hashing import HashShare
 from compress.tune.finetune import Finetune
@@ -25,12 +27,14 @@ REGISTRY: dict[str, type[BaseTechnique]] = {
     "early_exit": EarlyExit,
     "finetune": Finetune,
     "ptq_int8": PTQInt8,
+    "qat": QAT,
+    "mixed_precision": MixedPrecision,
+    "cluster": Cluster,
+    "hash_share": HashShare,
     "unstructured_prune": UnstructuredPrune,
     "structured_prune": StructuredPrune,
     "lottery_ticket": LotteryTicket,
     "snip": Snip,
-    "cluster": Cluster,
-    "hash_share": HashShare,
 }
 
 

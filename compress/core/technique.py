@@ -26,15 +26,19 @@ class ExportPlan:
     """What the exporter must do beyond a plain fp32 export (techniques that act on the artifact).
 
     `quantize="int8_static"` asks for onnxruntime static int8 quantization calibrated on
-    `calib_samples` samples of the calibration split.
+    `calib_samples` samples of the calibration split. `exporter` says how the graph is written:
+    `"onnx"` (torch.onnx, float weights) or `"qcdq"` (a brevitas-quantized model exported as a
+    QuantizeLinear / DequantizeLinear graph whose weights are stored as int8 / int4 / int2).
     """
 
     quantize: str | None = None
     per_channel: bool = True
     calib_samples: int = 256
+    exporter: str = "onnx"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"quantize": self.quantize, "per_channel": self.per_channel, "calib_samples": self.calib_samples}
+        return {"quantize": self.quantize, "per_channel": self.per_channel, "calib_samples": self.calib_samples,
+                "exporter": self.exporter}
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,10 @@ class PTQInt8(BaseTechnique):
     config: PTQInt8Config
 
     def apply(self, model: nn.Module, ctx: Context) -> Result:
+        if any(type(m).__module__.startswith("brevitas.") for m in model.modules()):
+            raise EdgetierError("the model was already quantized by a qat / mixed_precision stage; its export is a "
+                                "QCDQ graph with its own integer weights, which ptq_int8 would not use",
+                                where="ptq_int8", fix="remove the ptq_int8 stage from this variant (skip it)")
         plan = ExportPlan(quantize="int8_static", per_channel=self.config.per_channel,
                           calib_samples=self.config.calib_samples)
         report = {"artifact": "int8 QDQ ONNX via onnxruntime.quantization (static, MinMax)",

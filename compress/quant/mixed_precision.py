@@ -1,0 +1,209 @@
+"""`mixed_precision`: per-layer bit widths chosen under the variant's budget, then QAT.
+
+1. Sensitivity: the loss change on held-out samples when only one layer is quantized, for
+   every layer and every allowed width (`compress.quant.sensitivity` says why this and not a
+   Hessian trace).
+2. Allocation: one width per layer from `bits` (minus what the target cannot run, see
+   `compress.quant.precision`), minimizing the summed sensitivity under `budget` — KiB of stored
+   weights, mean bits, or estimated latency on the target (`compress.quant.budget`) — solved
+   exactly as a 0/1 program (`compress.quant.allocate`). The report lists the bits chosen per
+   layer and the sensitivity–size Pareto curve.
+3. The chosen widths are applied exactly as `qat` applies its own (same layers, activation
+   quantization and export), and the stage's `train` block fine-tunes them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+
+from compress.core.config import TechniqueConfig
+from compress.core.context import Context
+from compress.core.errors import EdgetierError
+from compress.core.technique import BaseTechnique, ExportPlan, Result
+from compress.quant import precision
+from compress.quant.allocate import Allocation, allocate, cost_range, pareto
+from compress.quant.budget import Budget, LayerStats, budget_capacity, layer_stats, option_cost
+from compress.quant.qat import (
+    check_bits_range,
+    quant_report,
+    quant_state,
+    quantizable_layers,
+    quantize,
+    restore_quant,
+)
+from compress.quant.sensitivity import loss_sensitivity, monotone
+from compress.targets import Target
+
+SENSITIVITY = ("loss change on calibration + validation samples when only that layer's weights are quantized, "
+               "measured per layer and width, clipped at 0 and made non-increasing in bits "
+               "(compress.quant.sensitivity)")
+
+
+class MixedPrecisionConfig(TechniqueConfig):
+    """Per-layer weight bits from `bits`, chosen to minimize summed sensitivity under `budget`.
+
+    >>> MixedPrecisionConfig(bits=[8, 2, 4], budget={"avg_bits": 4}).bits
+    (2, 4, 8)
+    >>> MixedPrecisionConfig(bits=[4, 9], budget={"avg_bits": 4})
+    Traceback (most recent call last):
+    ...
+    pydantic_core._pydantic_core.ValidationError: 1 validation error for MixedPrecisionConfig
+    bits
+      Value error, bits must be between 2 and 8 bits, got 9 ...
+    """
+
+    kind: Literal["mixed_precision"] = "mixed_precision"
+    bits: tuple[int, ...] = Field((2, 4, 8), min_length=1, description="candidate weight widths (2-8)")
+    budget: Budget | None = Field(None, description="exactly one of weights_kb, avg_bits, latency_ms; default: "
+                                  "the target's storage budget (memory.storage_kb) as weights_kb")
+    act_bits: int | None = Field(None, description="activation bits (2-8); default: 8 when the target runs int8")
+    weight_only: bool = Field(False, description="quantize weights only; activations stay float")
+    per_channel: bool = Field(True, description="one weight scale per output channel (else one per tensor)")
+    calib_samples: int = Field(256, gt=0, description="calibration samples that initialize the activation scales")
+    sensitivity_samples: int = Field(1024, gt=0, description="samples (calibration split, then validation split) "
+                                     "on which each layer's loss change is measured")
+    pareto_points: int = Field(12, ge=2, le=100, description="budgets sampled for the sensitivity-size curve")
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        for b in value:
+            check_bits_range(b, "bits")
+        return tuple(sorted(set(value)))
+
+    @field_validator("act_bits")
+    @classmethod
+    def _act_bits(cls, value: int | None) -> int | None:
+        return check_bits_range(value, "act_bits")
+
+    def check_target(self, target: Target) -> None:
+        if not precision.allowed_weight_bits(self.bits, target):
+            precision.check_weight_bits(self.bits, target, what="mixed_precision bits")
+        if not self.weight_only:
+            precision.check_act_bits(self.resolved_act_bits(target), target, what="mixed_precision act_bits")
+        allowed = precision.allowed_weight_bits(self.bits, target)
+        budget = self.resolved_budget(target)
+        if budget.kind == "avg_bits" and budget.value < allowed[0]:
+            raise EdgetierError(f"budget avg_bits {budget.value:g} is below the smallest width allowed on "
+                                f"{target.name} ({allowed[0]} bits)", fix=f"set avg_bits to at least {allowed[0]}")
+
+    def check_model(self, model: nn.Module, target: Target | None) -> None:
+        names = list(quantizable_layers(model, self.targets, self.ignore, where="mixed_precision: targets"))
+        example = None
+        if self.resolved_budget(target).kind == "latency_ms":
+            if not hasattr(model, "example_inputs"):
+                return  # checked in apply, where the example inputs are known
+            example = model.example_inputs()[0]
+        stats = layer_stats(model, names, example)
+        _options_or_error(self, stats, {n: {} for n in names}, target)
+
+    def resolved_act_bits(self, target: Target | None) -> int | None:
+        return None if self.weight_only else self.act_bits or precision.default_bits(target)
+
+    def resolved_budget(self, target: Target | None) -> Budget:
+        """`budget`, or the target's storage budget as KiB of weights (the file also holds scales,
+        BatchNorm parameters and the graph, so a budget that matters should be set explicitly)."""
+        if self.budget is not None:
+            return self.budget
+        if target is None:
+            raise EdgetierError("mixed_precision has no budget and no target to take one from",
+                                where="mixed_precision: budget",
+                                fix="set budget: {weights_kb: ...}, {avg_bits: ...} or {latency_ms: ...}, or pass target=")
+        return Budget(weights_kb=float(target.memory.storage_kb))
+
+
+def _options_or_error(cfg: MixedPrecisionConfig, stats: dict[str, LayerStats],
+                      sensitivity: dict[str, dict[int, float]], target: Target | None
+                      ) -> tuple[dict[str, dict[int, tuple[float, float]]], float]:
+    """The option table (cost, sensitivity) and the capacity; an error when the budget is out of reach."""
+    allowed = precision.allowed_weight_bits(cfg.bits, target)
+    act_bits = cfg.resolved_act_bits(target)
+    budget = cfg.resolved_budget(target)
+    options = {n: {b: (option_cost(budget, s, b, target=target, act_bits=act_bits), sensitivity[n].get(b, 0.0))
+                   for b in allowed} for n, s in stats.items()}
+    capacity = budget_capacity(budget, stats, target)
+    cheapest = cost_range(options)[0]
+    if cheapest > capacity * (1 + 1e-9):
+        need = _in_budget_units(budget, cheapest, stats, target)
+        raise EdgetierError(
+            f"budget {budget.kind} {budget.value:g} cannot be met: with all {len(stats)} quantized layers at "
+            f"{allowed[0]} bits (the smallest width allowed{f' on {target.name}' if target else ''}) it is {need:.4g}",
+            where="mixed_precision: budget",
+            fix=f"raise the budget to at least {need:.4g}, allow fewer bits, or quantize fewer layers")
+    return options, capacity
+
+
+def _in_budget_units(budget: Budget, cost: float, stats: dict[str, LayerStats], target: Target | None) -> float:
+    if budget.kind == "avg_bits":
+        return cost / max(sum(s.params for s in stats.values()), 1)
+    if budget.kind == "latency_ms" and target is not None:
+        return cost + target.compute.overhead_ms
+    return cost
+
+
+def _point(a: Allocation, budget: Budget, stats: dict[str, LayerStats], target: Target | None) -> dict[str, Any]:
+    params = sum(s.params for s in stats.values())
+    point = {"sensitivity": round(a.sensitivity, 6),
+             "weights_kb": round(sum(stats[n].params * precision.storage_bits(b) for n, b in a.bits.items()) / 8192, 3),
+             "avg_bits": round(sum(stats[n].params * b for n, b in a.bits.items()) / max(params, 1), 3),
+             "layers_per_bits": {str(b): sum(1 for v in a.bits.values() if v == b) for b in sorted(set(a.bits.values()))}}
+    if budget.kind == "latency_ms":
+        point["latency_ms"] = round(_in_budget_units(budget, a.cost, stats, target), 4)
+    return point
+
+
+def _sensitivity_data(ctx: Context, samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """The calibration split, then the validation split, up to `samples` samples."""
+    assert ctx.data is not None
+    x = np.concatenate([ctx.data.calib.x, ctx.data.val.x])[:samples]
+    y = np.concatenate([ctx.data.calib.y, ctx.data.val.y])[:samples]
+    return x, y
+
+
+class MixedPrecision(BaseTechnique):
+    config_type = MixedPrecisionConfig
+    config: MixedPrecisionConfig
+
+    def apply(self, model: nn.Module, ctx: Context) -> Result:
+        cfg = self.config
+        if ctx.target is not None:
+            cfg.check_target(ctx.target)
+        if ctx.data is None or not len(ctx.data.calib.x):
+            raise EdgetierError("mixed_precision measures each layer's sensitivity on calibration data and got none",
+                                where="mixed_precision", fix="pass data=... to compress.apply")
+        names = list(quantizable_layers(model, cfg.targets, cfg.ignore, where="mixed_precision: targets"))
+        allowed = precision.allowed_weight_bits(cfg.bits, ctx.target)
+        x, y = _sensitivity_data(ctx, cfg.sensitivity_samples)
+        example = ctx.example_inputs[0] if ctx.example_inputs else torch.from_numpy(np.ascontiguousarray(x[:1]))
+        budget = cfg.resolved_budget(ctx.target)
+        stats = layer_stats(model, names, example if budget.kind == "latency_ms" else None)
+        _options_or_error(cfg, stats, {n: {} for n in names}, ctx.target)  # fail before measuring anything
+        measured = loss_sensitivity(model, names, allowed, x, y, per_channel=cfg.per_channel)
+        sensitivity = {name: monotone(deltas) for name, deltas in measured.items()}
+        options, capacity = _options_or_error(cfg, stats, sensitivity, ctx.target)
+        chosen = allocate(options, capacity)
+        assert chosen is not None  # _options_or_error proved the cheapest choice fits
+        curve = [_point(a, budget, stats, ctx.target) for a in pareto(options, points=cfg.pareto_points)]
+        act_bits = cfg.resolved_act_bits(ctx.target)
+        model, specs, relus = quantize(model, chosen.bits, ctx, act_bits=act_bits, per_channel=cfg.per_channel,
+                                       calib_samples=cfg.calib_samples)
+        report = quant_report(model, specs, act_bits, cfg.per_channel)
+        for name in names:
+            report["layers"][name]["sensitivity"] = {str(b): round(v, 6) for b, v in sensitivity[name].items()}
+            report["layers"][name]["loss_delta_measured"] = {str(b): round(v, 6) for b, v in measured[name].items()}
+        report.update({
+            "sensitivity_method": SENSITIVITY, "sensitivity_samples": len(x), "allowed_bits": allowed,
+            "budget": {budget.kind: budget.value},
+            "chosen": _point(chosen, budget, stats, ctx.target),
+            "pareto": curve,
+        })
+        return Result(model, report, export=ExportPlan(exporter="qcdq", per_channel=cfg.per_channel),
+                      state=quant_state(specs, relus, act_bits, cfg.per_channel))
+
+    def restore(self, model: nn.Module, state: dict[str, Any], ctx: Context) -> Result:
+        return Result(restore_quant(model, state), export=ExportPlan(exporter="qcdq", per_channel=state["per_channel"]))
