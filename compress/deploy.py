@@ -48,6 +48,15 @@ def toolkit_version() -> str:
         return "0+unknown"
 
 
+def _stage_notes(stages: list[StageReport]) -> list[str]:
+    """What stages said about the artifact (e.g. that unstructured sparsity does not cut latency)."""
+    notes = []
+    for stage in stages:
+        said = stage.summary.get("note"), *stage.summary.get("notes", ())
+        notes += [f"{stage.stage}: {text}" for text in said if text]
+    return notes
+
+
 @dataclass(frozen=True)
 class BundleSpec:
     """Who the bundle is for: its name (`cloud`, `edge`, ...), target, recipe identity and seed."""
@@ -141,7 +150,7 @@ def deploy(model: nn.Module, spec: BundleSpec, *, data: Dataset, example_inputs:
     """Export `model` into the bundle folder `out_dir` and return its report entry."""
     model = model.eval()
     target = spec.target
-    notes = []
+    notes = _stage_notes(stages)
     if target.export_format != "onnx":
         notes.append(f"target {target.name} runs {target.runtime} ({target.export_format}); this version of edgetier "
                      "exports ONNX only, so the ONNX file was exported and measured in onnxruntime")

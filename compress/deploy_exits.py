@@ -20,7 +20,7 @@ from compress.core.measure import count_macs, count_nonzero, count_params
 from compress.core.report import ModelReport, StageReport
 from compress.core.technique import ExportPlan
 from compress.datasets import Dataset
-from compress.deploy import PARITY_SAMPLES, BundleSpec, _manifest
+from compress.deploy import PARITY_SAMPLES, BundleSpec, _manifest, _stage_notes
 from compress.exits.branches import EarlyExitModel
 from compress.exits.calibrate import calibrate
 from compress.exits.segments import split
@@ -38,7 +38,7 @@ def deploy_exits(model: EarlyExitModel, spec: BundleSpec, *, data: Dataset, exam
     """Export `model` as segments into the bundle folder `out_dir`; returns its report entry."""
     model = model.eval()
     target = spec.target
-    notes = [f"{len(model.exits)} early exits after {', '.join(model.after)}; exported as "
+    notes = [*_stage_notes(stages), f"{len(model.exits)} early exits after {', '.join(model.after)}; exported as "
              f"{len(model.exits) + 1} segments plus a threshold policy in the manifest"]
     if export_plan is not None and export_plan.quantize:
         notes.append("ptq_int8 is not applied to segmented exports yet: the segments are fp32")

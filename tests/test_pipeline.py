@@ -118,3 +118,15 @@ def test_seed_changes_the_result(tiny_recipe, write_recipe, tmp_path):
     b = compress.run(recipe, out_dir=tmp_path / "b", seed=2)
     assert sha256_file(a.bundles["edge"] / "model.onnx") != sha256_file(b.bundles["edge"] / "model.onnx")
     assert np.isfinite(a.models[0]["accuracy"])
+
+
+def test_unstructured_sparsity_says_plainly_that_latency_does_not_drop(tiny_recipe, write_recipe, tmp_path):
+    tiny_recipe["stages"] = [{"name": "sparsify", "kind": "unstructured_prune", "with": {"ratio": 0.8}}]
+    tiny_recipe["variants"] = {"end": {"target": "jetson_orin_nano"}}
+    result = compress.run(compress.load_recipe(write_recipe(tiny_recipe)), out_dir=tmp_path / "runs")
+    end = result.models[-1]
+    assert end["nonzero_params"] < 0.3 * end["torch_params"]
+    # the note reaches the bundle's report.md, next to the compressed size it points at
+    text = (result.bundles["end"] / "report.md").read_text()
+    assert "latency does not drop" in text and "Compressed (KiB)" in text
+    assert end["compressed_bytes"] < 0.6 * end["bytes"]
