@@ -21,6 +21,7 @@ import numpy as np
 from compress.core.errors import EdgetierError
 from compress.datasets import Dataset
 from compress.datasets import load as load_dataset
+from compress.exits.calibrate import longest_prefix
 from compress.targets import load_target
 from compress.targets.latency import estimate_latency, transfer_ms
 from export.cascade import Cascade, Tier
@@ -68,11 +69,10 @@ def _handoff(logits: np.ndarray, early: np.ndarray, y: np.ndarray, target: float
     s = score(logits[~early], criterion)
     correct = logits[~early].argmax(1) == y[~early]
     order = np.argsort(-s if criterion == "confidence" else s, kind="stable")
-    cumulative = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
-    ok = np.flatnonzero(cumulative >= target - 1e-12)
-    if not len(ok):
+    take = longest_prefix(correct[order], target, 1.645)  # the same conservative rule as the exits
+    if not take:
         return 2.0 if criterion == "confidence" else -1.0  # hand everything on
-    return float(s[order[ok[-1]]])
+    return float(s[order[take - 1]])
 
 
 def _costs(bundle: Bundle, report: dict[str, Any], input_bytes: int) -> tuple[np.ndarray, dict[str, Any]]:
