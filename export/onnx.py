@@ -70,7 +70,7 @@ def export_onnx(
         )
     axes = {name: {0: "batch"} for name in inputs + outputs} if dynamic_batch else None
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _eval_mode(model), warnings.catch_warnings():
+    with eval_mode(model), warnings.catch_warnings():
         # The legacy-exporter deprecation is expected: dynamo=False is a deliberate choice (see module doc).
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         try:
@@ -123,7 +123,7 @@ def check_parity(
     feed_name = session.get_inputs()[0].name
     x = np.asarray(x, dtype=input_dtype(session))
     got = session.run(None, {feed_name: x})
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         ref = model(torch.from_numpy(x).to(_device(model)))
     refs = [t.detach().cpu().numpy() for t in (ref if isinstance(ref, (tuple, list)) else (ref,))]
     if len(got) != len(refs) or any(a.shape != b.shape for a, b in zip(got, refs, strict=True)):
@@ -201,7 +201,16 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 
 @contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Run the block with `model` in eval mode, then give every module back the mode it had.
+
+    >>> m = torch.nn.Sequential(torch.nn.Dropout()).train()
+    >>> with eval_mode(m):
+    ...     m.training
+    False
+    >>> m.training
+    True
+    """
     # Export and compare in eval mode, but hand the model back as it came: the caller may be mid-training.
     modes = [(m, m.training) for m in model.modules()]
     model.eval()

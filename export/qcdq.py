@@ -33,8 +33,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -45,6 +44,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from export.errors import ExportError
+from export.onnx import eval_mode
 
 __all__ = ["Packed", "QCDQExport", "export_qcdq", "pack_weights", "storage_type"]
 
@@ -118,7 +118,7 @@ def export_qcdq(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     axes = {name: {0: "batch"} for name in (input_name, output_name)} if dynamic_batch else None
-    with tempfile.TemporaryDirectory(prefix="edgetier-qcdq-") as tmp, _eval_mode(model), warnings.catch_warnings():
+    with tempfile.TemporaryDirectory(prefix="edgetier-qcdq-") as tmp, eval_mode(model), warnings.catch_warnings():
         # The legacy-exporter deprecation is expected: dynamo=False is required (module docstring).
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=UserWarning)
@@ -355,13 +355,3 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-@contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    # Export in eval mode but hand the model back as it came: the caller may be mid-training.
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
