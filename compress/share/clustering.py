@@ -25,7 +25,7 @@ from compress.core.context import Context
 from compress.core.errors import EdgetierError
 from compress.core.technique import BaseTechnique, Result
 from compress.share.kmeans import kmeans_1d, nearest
-from compress.share.layers import SharedLayer, replace_layer, shareable_layers, target_notes
+from compress.share.layers import SharedLayer, layer_to_restore, replace_layer, shareable_layers, target_notes
 from compress.share.packing import code_bits, pack_codes, packed_size, unpack_codes
 from compress.targets import Target
 
@@ -172,13 +172,8 @@ class Cluster(BaseTechnique):
         return Result(model, summary, state=_state(cfg, report))
 
     def restore(self, model: nn.Module, state: dict[str, Any], ctx: Context) -> Result:
-        modules = dict(model.named_modules())
         for name, info in state["layers"].items():
-            layer = modules.get(name)
-            if layer is None or not hasattr(layer, "weight") or list(layer.weight.shape) != info["shape"]:
-                raise EdgetierError(f"cannot restore clustered layer {name!r}: the model has no layer of shape "
-                                    f"{info['shape']} there", where=WHERE,
-                                    fix="restore on a copy of the model the stage was applied to")
+            layer = layer_to_restore(model, name, info["shape"], what="clustered", where=WHERE)
             replace_layer(model, name, ClusteredLayer(layer, clusters=info["clusters"],
                                                       granularity=info["granularity"],
                                                       preserve_sparsity=info["preserve_sparsity"]))

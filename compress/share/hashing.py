@@ -33,7 +33,7 @@ from compress.core.context import Context
 from compress.core.errors import EdgetierError
 from compress.core.selectors import select
 from compress.core.technique import BaseTechnique, Result
-from compress.share.layers import SharedLayer, replace_layer, shareable_layers, target_notes
+from compress.share.layers import SharedLayer, layer_to_restore, replace_layer, shareable_layers, target_notes
 from compress.share.packing import in_graph
 from compress.targets import Target
 
@@ -210,13 +210,8 @@ class HashShare(BaseTechnique):
         return Result(model, summary, state=state)
 
     def restore(self, model: nn.Module, state: dict[str, Any], ctx: Context) -> Result:
-        modules = dict(model.named_modules())
         for name, info in state["layers"].items():
-            layer = modules.get(name)
-            if layer is None or not hasattr(layer, "weight") or list(layer.weight.shape) != info["shape"]:
-                raise EdgetierError(f"cannot restore hashed layer {name!r}: the model has no layer of shape "
-                                    f"{info['shape']} there", where=WHERE,
-                                    fix="restore on a copy of the model the stage was applied to")
+            layer = layer_to_restore(model, name, info["shape"], what="hashed", where=WHERE)
             replace_layer(model, name, HashedLayer(layer, buckets=info["buckets"], seed=info["seed"]))
         return Result(model, {"layers_hashed": len(state["layers"])})
 

@@ -105,6 +105,15 @@ def target_notes(target: Target | None) -> list[str]:
             "weights is not implemented"]
 
 
+def layer_to_restore(model: nn.Module, name: str, shape: list[int], *, what: str, where: str) -> nn.Module:
+    """The layer `name` of `model` that a restore rebuilds, checked to have the recorded weight shape."""
+    layer = dict(model.named_modules()).get(name)
+    if layer is None or not hasattr(layer, "weight") or list(layer.weight.shape) != shape:
+        raise EdgetierError(f"cannot restore {what} layer {name!r}: the model has no layer of shape {shape} there",
+                            where=where, fix="restore on a copy of the model the stage was applied to")
+    return layer
+
+
 def replace_layer(model: nn.Module, name: str, layer: nn.Module) -> None:
     """Put `layer` where the submodule `name` (dotted path) is."""
     parent_name, _, child = name.rpartition(".")
