@@ -12,6 +12,9 @@ accuracy; the report shows both per round, on the validation split, so the user 
 one was found. Note that in a recipe the variant starts from the trained cloud model, so
 `rewind: init` rewinds to those trained weights — the classic experiment starts from an
 untrained model, which `compress.apply` allows.
+
+`granularity: structured` removes whole channels instead (compress/prune/lottery_structured.py):
+the ticket is physically smaller, and `restore` replays the channel removal.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ from compress.prune.masks import (
     prunable_weights,
     total_sparsity,
 )
+from compress.prune.graph import replay
+from compress.prune.lottery_structured import structured_rounds
+from compress.prune.structured import _example
 from compress.prune.unstructured import EXPORT_NOTE
 
 WHERE = "lottery_ticket"
@@ -53,7 +59,11 @@ class LotteryTicketConfig(TechniqueConfig):
     kind: Literal["lottery_ticket"] = "lottery_ticket"
     rounds: int = Field(5, ge=1, description="prune-rewind-retrain rounds")
     ratio: float = Field(0.2, description="fraction of the remaining weights removed each round, in (0, 1)")
-    scope: Literal["global", "layer"] = Field("global", description="rank weights over all layers or within each")
+    granularity: Literal["unstructured", "structured"] = Field(
+        "unstructured", description="remove single weights (masks; the file stays dense) or whole output channels "
+                                    "of every selected layer (torch-pruning; the model gets physically smaller)")
+    scope: Literal["global", "layer"] = Field("global", description="unstructured: rank weights over all layers or "
+                                              "within each (structured rounds are always per layer)")
     rewind: Literal["init"] | int = Field("init", description="rewind survivors to the weights apply received "
                                           "(init) or to those after this many optimizer steps of round 0")
     epochs: int = Field(5, ge=1, description="training epochs of every round (round 0 included)")
@@ -125,6 +135,17 @@ class LotteryTicket(BaseTechnique):
         fit(model, data.train, spec, hooks=HookSet([Hooks(after_step=capture)]), seed=ctx.seed,
             progress=ctx.progress, description="lottery_ticket: round 0 (dense)")
         rounds = [{"round": 0, "sparsity": 0.0, "ticket_accuracy": evaluate(model, data.val), "control_accuracy": None}]
+        if cfg.granularity == "structured":
+            rewind = copy.deepcopy(model)
+            rewind.load_state_dict(rewind_to)
+
+            def control(ticket: nn.Module, seed: int) -> float:
+                return self._control(ticket, {}, spec, data, seed=seed, ctx=ctx)
+
+            model, later, recorded, layers = structured_rounds(model, rewind, cfg=cfg, spec=spec, ctx=ctx,
+                                                               control=control, where=WHERE)
+            model.eval()
+            return Result(model, self._report(rounds + later, layers, note=None), state={"history": recorded})
         masks = {name: torch.ones_like(w, dtype=torch.bool) for name, w in weights.items()}
         for r in range(1, cfg.rounds + 1):
             sparsity = 1.0 - (1.0 - cfg.ratio) ** r
@@ -140,25 +161,33 @@ class LotteryTicket(BaseTechnique):
             if cfg.control == "every_round" or (cfg.control == "last_round" and r == cfg.rounds):
                 entry["control_accuracy"] = self._control(model, masks, spec, data, seed=ctx.seed + r, ctx=ctx)
             rounds.append(entry)
-        last = rounds[-1]
-        report: dict[str, Any] = {
-            "rounds": rounds, "ratio_per_round": cfg.ratio, "rewind": cfg.rewind, "scope": cfg.scope,
+        report = self._report(rounds, layer_sparsity(masks), note=EXPORT_NOTE)
+        return Result(model, report, hooks=HookSet([mask_hooks(masks)]), state={"masks": masks})
+
+    def _report(self, rounds: list[dict[str, Any]], layers: dict[str, Any], *, note: str | None) -> dict[str, Any]:
+        cfg, last = self.config, rounds[-1]
+        return {
+            "rounds": rounds, "ratio_per_round": cfg.ratio, "rewind": cfg.rewind, "granularity": cfg.granularity,
+            "scope": cfg.scope if cfg.granularity == "unstructured" else "layer",
             "sparsity": last["sparsity"], "accuracy_split": "val",
             "winning_ticket": (None if last["control_accuracy"] is None
                                else last["ticket_accuracy"] >= last["control_accuracy"]),
-            "note": EXPORT_NOTE, "layers": layer_sparsity(masks),
+            "note": note, "layers": layers,
         }
-        return Result(model, report, hooks=HookSet([mask_hooks(masks)]), state={"masks": masks})
 
     def _control(self, ticket: nn.Module, masks: dict[str, torch.Tensor], spec: TrainSpec, data: Any, *, seed: int,
                  ctx: Context) -> float:
         control = copy.deepcopy(ticket)
         reinitialize(control, seed=seed + 10_000)  # a draw no ticket round uses
         apply_masks(control, masks)
-        fit(control, data.train, spec, hooks=HookSet([mask_hooks(masks)]), seed=seed, progress=ctx.progress,
+        fit(control, data.train, spec, hooks=HookSet([mask_hooks(masks)] if masks else []), seed=seed,
+            progress=ctx.progress,
             description="lottery_ticket: random-reinit control")
         return evaluate(control, data.val)
 
     def restore(self, model: nn.Module, state: dict[str, Any], ctx: Context) -> Result:
+        if "history" in state:  # structured rounds: replay the channel removal, then the weights load
+            replay(model, _example(model, ctx), state["history"], where=WHERE)
+            return Result(model, {}, state=state)
         apply_masks(model, state["masks"])
         return Result(model, {}, hooks=HookSet([mask_hooks(state["masks"])]), state=state)

@@ -15,7 +15,7 @@ from compress.core.context import Context
 from compress.core.errors import EdgetierError
 from compress.core.technique import Hooks, HookSet
 from compress.core.train import TrainSpec, fit
-from compress.prune import lottery
+from compress.prune import lottery, lottery_structured
 from compress.prune.lottery import LotteryTicket, LotteryTicketConfig
 
 
@@ -30,6 +30,7 @@ def starts(monkeypatch) -> list[dict[str, torch.Tensor]]:
         return real(model, *args, **kwargs)
 
     monkeypatch.setattr(lottery, "fit", recording)
+    monkeypatch.setattr(lottery_structured, "fit", recording)
     return seen
 
 
@@ -141,3 +142,36 @@ def test_lottery_needs_data(small) -> None:
 def test_bad_values_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         LotteryTicketConfig(**kwargs)
+
+
+def test_structured_rounds_remove_channels_and_rewind_the_survivors(small, few_digits, starts) -> None:
+    """Structured tickets are physically smaller each round; their survivors start at init; the
+    control has the same shapes and fresh values; restore rebuilds the shapes so weights load."""
+    model = small()
+    init = copy.deepcopy(model.state_dict())
+    config = LotteryTicketConfig(rounds=2, ratio=0.5, epochs=1, granularity="structured")
+    ctx = Context(example_inputs=(torch.zeros(1, 1, 8, 8),), data=few_digits)
+    result = LotteryTicket(config).apply(model, ctx)
+    report = result.report
+    assert len(starts) == 5 and report["granularity"] == "structured"  # round 0, then ticket + control per round
+    # width 16, half of the remaining channels per round: 16 -> 8 -> 4 in every pruned layer (no target: no rounding)
+    assert report["layers"]["stem.conv"]["channels"] == [16, 4]
+    assert report["layers"]["head.fc"]["channels"] == [10, 10]  # the classifier keeps its outputs
+    params = [r["params"] for r in report["rounds"][1:]]
+    assert params[0] > params[1] and report["rounds"][2]["sparsity"] > 0.8  # convs keep ~1/16 of their weights
+    # the round-1 ticket starts from the initial values of the filters it kept: every stem filter
+    # (one input channel, so no input was removed from it) is one of the 16 initial filters
+    kept, initial = starts[1]["stem.conv.weight"], init["stem.conv.weight"]
+    assert kept.shape[0] == 8 and all(any(torch.equal(f, g) for g in initial) for f in kept)
+    assert all(starts[4][k].shape == starts[3][k].shape for k in starts[3])  # control: same architecture
+    assert not all(torch.equal(starts[4][k], starts[3][k]) for k in starts[3] if k.endswith("weight"))
+    # resume: a fresh model rebuilt from the saved state takes the ticket's weights and gives its outputs
+    buffer = io.BytesIO()
+    torch.save(result.state, buffer)
+    buffer.seek(0)
+    fresh = small(seed=1)
+    LotteryTicket(config).restore(fresh, torch.load(buffer, weights_only=True), ctx)
+    fresh.load_state_dict(result.model.state_dict())
+    x = torch.from_numpy(few_digits.test.x[:16])
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), result.model.eval()(x))
