@@ -128,9 +128,10 @@ def _check_plans(model: nn.Module, plans: list[Plan]) -> None:
     """Every stage's config against the actual model, before anything is trained."""
     recipe = plans[0].recipe
     for plan in plans:
-        for stage in plan.stages:
+        for i, stage in enumerate(plan.stages):
             try:
                 stage.config.check_model(model, plan.target)
+                stage.config.check_after([earlier.config for earlier in plan.stages[:i]], model)
             except EdgetierError as exc:
                 raise RecipeError(exc.problem, where=recipe.where(("stages", stage.index, "with")),
                                   fix=exc.fix) from None

@@ -51,6 +51,13 @@ class TechniqueConfig(BaseModel):
         Called by the runner on the untrained cloud model, for every variant, before any training.
         """
 
+    def check_after(self, earlier: list[TechniqueConfig], model: nn.Module) -> None:
+        """Raise `EdgetierError` when this config cannot follow the `earlier` stages of its variant
+        (e.g. clustering a layer a hash_share stage before it hashes). Default: always can.
+
+        Called by the runner with the untrained cloud model, after `check_model`, before any training.
+        """
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 

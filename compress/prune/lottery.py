@@ -33,6 +33,8 @@ from compress.core.errors import EdgetierError
 from compress.core.technique import BaseTechnique, Hooks, HookSet, Result
 from compress.core.train import TrainSpec, evaluate, fit
 from compress.prune.common import fraction, require_data
+from compress.prune.graph import replay
+from compress.prune.lottery_structured import structured_rounds
 from compress.prune.masks import (
     apply_masks,
     layer_sparsity,
@@ -41,8 +43,6 @@ from compress.prune.masks import (
     prunable_weights,
     total_sparsity,
 )
-from compress.prune.graph import replay
-from compress.prune.lottery_structured import structured_rounds
 from compress.prune.structured import _example
 from compress.prune.unstructured import EXPORT_NOTE
 

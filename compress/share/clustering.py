@@ -25,7 +25,14 @@ from compress.core.context import Context
 from compress.core.errors import EdgetierError
 from compress.core.technique import BaseTechnique, Result
 from compress.share.kmeans import kmeans_1d, nearest
-from compress.share.layers import SharedLayer, layer_to_restore, replace_layer, shareable_layers, target_notes
+from compress.share.layers import (
+    SharedLayer,
+    check_not_shared_twice,
+    layer_to_restore,
+    replace_layer,
+    shareable_layers,
+    target_notes,
+)
 from compress.share.packing import code_bits, pack_codes, packed_size, unpack_codes
 from compress.targets import Target
 
@@ -140,6 +147,13 @@ class ClusterConfig(TechniqueConfig):
             raise EdgetierError(f"{self.clusters} clusters per {self.granularity} is more than the weights to cluster "
                                 f"in {names}", where=WHERE,
                                 fix="use fewer `clusters`, `granularity: layer`, or add these layers to `ignore`")
+
+    def shared_layers(self, model: nn.Module) -> set[str]:
+        """The layers this stage clusters."""
+        return set(shareable_layers(model, self.targets, self.ignore, kind="cluster", where=WHERE))
+
+    def check_after(self, earlier: list[TechniqueConfig], model: nn.Module) -> None:
+        check_not_shared_twice(self, earlier, model, where=WHERE)
 
 
 class Cluster(BaseTechnique):

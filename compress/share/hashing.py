@@ -33,7 +33,14 @@ from compress.core.context import Context
 from compress.core.errors import EdgetierError
 from compress.core.selectors import select
 from compress.core.technique import BaseTechnique, Result
-from compress.share.layers import SharedLayer, layer_to_restore, replace_layer, shareable_layers, target_notes
+from compress.share.layers import (
+    SharedLayer,
+    check_not_shared_twice,
+    layer_to_restore,
+    replace_layer,
+    shareable_layers,
+    target_notes,
+)
 from compress.share.packing import in_graph
 from compress.targets import Target
 
@@ -169,6 +176,13 @@ class HashShareConfig(TechniqueConfig):
 
     def check_model(self, model: nn.Module, target: Target | None) -> None:
         self.plan(model)
+
+    def shared_layers(self, model: nn.Module) -> set[str]:
+        """The layers this stage hashes."""
+        return set(self.plan(model))
+
+    def check_after(self, earlier: list[TechniqueConfig], model: nn.Module) -> None:
+        check_not_shared_twice(self, earlier, model, where=WHERE)
 
     def plan(self, model: nn.Module) -> dict[str, tuple[nn.Module, float]]:
         """The layers to hash and each one's compression."""

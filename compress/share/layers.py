@@ -96,6 +96,22 @@ def shareable_layers(model: nn.Module, targets: tuple[str, ...], ignore: tuple[s
     return chosen
 
 
+def check_not_shared_twice(config: Any, earlier: list[Any], model: nn.Module, *, where: str) -> None:
+    """At recipe load: an error when `config` would share a layer that an earlier stage of the same
+    variant already hashes or clusters (at run time `shareable_layers` would refuse it, after
+    the earlier stages' training)."""
+    mine = config.shared_layers(model)
+    for before in earlier:
+        if hasattr(before, "shared_layers"):
+            both = sorted(mine & before.shared_layers(model))
+            if both:
+                listing = ", ".join(repr(n) for n in both)
+                raise EdgetierError(f"{config.kind} would share layer(s) {listing}, whose weights an earlier "
+                                    f"{before.kind} stage already shares: a layer is either hashed or clustered, "
+                                    "not both", where=where,
+                                    fix=f"add {listing} to the `ignore` of this stage or of the {before.kind} stage")
+
+
 def target_notes(target: Target | None) -> list[str]:
     """What the report should say about `target` (LiteRT: nothing compact to export to yet)."""
     if target is None or target.runtime != "litert":

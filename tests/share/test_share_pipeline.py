@@ -74,3 +74,33 @@ def test_the_shipped_recipe_validates_against_its_model():
             stage.config.check_model(model, plan.target)
     assert [s.kind for s in recipe.resolve("edge").stages] == ["hash_share"]
     assert [s.kind for s in recipe.resolve("end").stages] == ["cluster"]
+
+
+def test_clustering_a_layer_an_earlier_stage_hashes_is_refused_before_training(tmp_path, monkeypatch):
+    """The overlap is found on the untrained model, before the cloud model trains (no work lost),
+    and the error names the stage's `with` block and the layers."""
+    import yaml
+
+    from compress.core import train
+    from compress.core.errors import RecipeError
+    from tests.conftest import TINY
+
+    recipe = {**TINY, "name": "tiny_overlap"}
+    recipe["stages"] = [
+        {"name": "hash", "kind": "hash_share", "with": {"compression": 0.25, "targets": ["re:layer3\\..*"]}},
+        {"name": "cluster", "kind": "cluster", "with": {"clusters": 8, "ignore": ["stem.conv"]}},
+    ]
+    recipe["variants"] = {"end": {"target": "rpi4"}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the recipe was checked")
+
+    monkeypatch.setattr(train, "fit", no_training)
+    monkeypatch.setattr("compress.pipeline.fit", no_training, raising=False)
+    with pytest.raises(RecipeError) as info:
+        compress.run(compress.load_recipe(path), out_dir=tmp_path / "runs")
+    message = str(info.value)
+    assert "stages[1].with" in message or "stages.1.with" in message, message
+    assert "'layer3.0.conv1'" in message and "hash_share" in message and "ignore" in message
