@@ -79,22 +79,31 @@ def run(recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
         variant: Annotated[list[str] | None, typer.Option(help="only this variant (repeatable)")] = None,
         out_dir: Annotated[Path, typer.Option("--out", help="where run folders go")] = Path("runs"),
         resume: Annotated[bool, typer.Option(help="continue after the last finished stage")] = False,
-        seed: Annotated[int | None, typer.Option(help="override the recipe's seed")] = None) -> None:
+        seed: Annotated[int | None, typer.Option(help="override the recipe's seed")] = None,
+        profile: Annotated[Path | None, typer.Option(
+            help="device profile JSON (edgetier profile BUNDLE) to estimate its target's latency")] = None,
+        executor: Annotated[str | None, typer.Option(
+            help="where NAS trials train: inprocess or ray (overrides the recipe's `executor`)")] = None) -> None:
     """Train or load the cloud model, build every variant, export, verify and report."""
+    from compress.core.errors import EdgetierError
     from compress.pipeline import run as run_pipeline
     from compress.recipe import load_recipe
 
+    if executor not in (None, "inprocess", "ray"):
+        raise EdgetierError(f"unknown executor {executor!r}", where="--executor", fix="use inprocess or ray")
     loaded = load_recipe(recipe)
     try:
         with RichProgress(err) as progress:
             result = run_pipeline(loaded, out_dir=out_dir, variants=variant, resume=resume, seed=seed,
-                                  progress=progress, log=lambda msg: err.print(f"[dim]{msg}[/dim]"))
+                                  progress=progress, log=lambda msg: err.print(f"[dim]{msg}[/dim]"), profile=profile,
+                                  executor=executor)
     except KeyboardInterrupt:
         err.print("interrupted: finished stages are checkpointed; rerun with --resume to continue")
         raise typer.Exit(130) from None
     out.print(summary_table(result.models, f"{loaded.name}: bundles in {result.run_dir}"))
-    out.print("Latency is measured in onnxruntime on this host, batch 1, "
-              f"{result.models[0]['latency_threads']} thread; the estimate is the target's roofline.")
+    out.print("Latency is measured in each bundle's runtime (onnxruntime or LiteRT) on this host, batch 1, "
+              f"{result.models[0]['latency_threads']} thread; the estimate is the target's roofline"
+              + (f" or the device profile {profile}." if profile else "."))
 
 
 @app.command()
@@ -112,24 +121,54 @@ def validate(recipe: Annotated[Path, typer.Argument(help="recipe YAML file")]) -
 
 @app.command()
 def inspect(bundle: Annotated[Path, typer.Argument(help="bundle folder")]) -> None:
-    """Verify a bundle's hashes and print its manifest summary and report."""
-    from export.manifest import verify_bundle
+    """Verify a bundle's hashes; show its input, operators, tensor precisions, sizes and report; re-run parity."""
+    from export.inspect import describe, rerun_parity
 
-    manifest = verify_bundle(bundle)
+    info = describe(bundle)
+    manifest = info["manifest"]
     table = Table(title=f"{bundle} — every sha256 verified")
-    table.add_column("file")
-    table.add_column("bytes", justify="right")
-    table.add_column("sha256")
-    for name, info in sorted(manifest["files"].items()):
-        table.add_row(name, f"{info['bytes']:,}", info["sha256"])
+    for col in ("file", "bytes", "sha256"):
+        table.add_column(col, justify="right" if col == "bytes" else "left")
+    for name, entry in sorted(manifest["files"].items()):
+        table.add_row(name, f"{entry['bytes']:,}", entry["sha256"])
     out.print(table)
-    out.print(f"variant {manifest['variant']} · target {manifest['target']['name']} ({manifest['target']['tier']}) · "
-              f"model {manifest['model']['file']} [{manifest['model']['format']}, {manifest['model']['precision']}] · "
-              f"input {manifest['input']['shape']} {manifest['input']['dtype']} · "
-              f"recipe {manifest['recipe']['name']} {manifest['recipe']['sha256'][:12]} · "
-              f"edgetier {manifest['toolkit']['version']}")
+    model = manifest["model"]
+    out.print(f"variant {manifest['variant']} · target {manifest['target']['name']} ({manifest['target']['tier']}, "
+              f"{manifest['target'].get('runtime', '?')}) · model {model.get('file', 'segments')} [{model['format']}, "
+              f"{model['precision']}] · input {manifest['input']['name']} {manifest['input']['shape']} "
+              f"{manifest['input']['dtype']} · recipe {manifest['recipe']['name']} {manifest['recipe']['sha256'][:12]} · "
+              f"edgetier {manifest['toolkit']['version']}", highlight=False)
+    for m in info["models"]:
+        ops = ", ".join(f"{k} x{v}" for k, v in m["operators"].items())
+        precisions = ", ".join(f"{k}: {v}" for k, v in m["tensor_precisions"].items())
+        out.print(f"{m['file']} ({m['format']}, {m['bytes']:,} bytes) — operators: {ops}; tensors by dtype: {precisions}",
+                  highlight=False)
+    parity = rerun_parity(bundle)
+    if parity is None:
+        out.print("parity: this bundle has no parity.npz (exported by an older edgetier); not re-run")
+    else:
+        out.print(f"parity re-run on {parity['samples']} stored samples: max |diff| {parity['max_abs_diff']:.3g}, "
+                  f"top-1 agreement {parity['top1_agreement']:.1%} ({parity['rule']}): "
+                  + ("passed" if parity["passed"] else "FAILED"), highlight=False)
     report = json.loads((bundle / "report.json").read_text(encoding="utf-8"))
     out.print(summary_table(report["models"], "report (measured on the exported file)"))
+    if parity is not None and not parity["passed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def profile(bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+            out_file: Annotated[Path, typer.Option("--out", help="where to write the profile JSON")] = Path(
+                "device_profile.json"),
+            threads: Annotated[int, typer.Option(help="runtime threads")] = 1) -> None:
+    """Time the bundle's models on this machine and write a device profile for `run --profile`."""
+    from export.profile import profile as profile_bundle
+
+    result = profile_bundle(bundle, out_file, threads=threads)
+    for m in result["models"]:
+        out.print(f"{m['file']} [{m['format']}, {m['precision']}]: {m['latency_ms']:.3f} ms median at batch 1, "
+                  f"{threads} thread(s)")
+    out.print(f"written: {out_file}")
 
 
 @app.command()

@@ -1,9 +1,13 @@
 """Export one model for its target, check it against PyTorch, measure it, and write its bundle.
 
+The format follows the target's runtime (`export_format`: .onnx for onnxruntime, .tflite for
+LiteRT); a recipe may ask for more formats, which are exported, verified and shipped alongside.
 Every number in the report is measured here on the exported file: its bytes on disk, its
-parameters, its accuracy in onnxruntime on the test split and its batch-1 latency in
-onnxruntime on this host. MACs are counted on the PyTorch model that was exported, and
-the target's latency is estimated from them with the roofline in `compress.targets.latency`.
+parameters, its accuracy in its runtime on the test split and its batch-1 latency in that
+runtime on this host. MACs are counted on the PyTorch model that was exported, and the target's
+latency is estimated from them with the roofline in `compress.targets.latency`, or from a device
+profile (`export.profile`) when the run has one. The file must fit the target's storage and RAM
+budgets (`export.limits`), or the variant fails with the numbers.
 """
 
 from __future__ import annotations
@@ -26,19 +30,25 @@ from compress.core.report import ModelReport, StageReport
 from compress.core.technique import ExportPlan
 from compress.core.train import predict
 from compress.datasets import Dataset
+from compress.share.layers import densified
 from compress.targets import Target
 from compress.targets.latency import estimate_latency
 from export.bundle import write_bundle
 from export.errors import ParityError
-from export.measure import compressed_bytes, latency_ms, onnx_stats
+from export.inspect import PARITY_FILE, parity_npz
+from export.limits import check_limits
+from export.measure import compressed_bytes, latency_ms, model_stats
 from export.onnx import Parity, check_parity, export_onnx
+from export.profile import latency_from_profile
 from export.qcdq import export_qcdq
 from export.quantize import quantize_int8_static
 from export.report import render_markdown
-from export.runtime import make_session
+from export.runtime import open_model
+from export.tflite import check_parity_tflite, export_tflite
 
 LATENCY_THREADS = 1
 PARITY_SAMPLES = 256
+PARITY_KEPT = 16
 
 
 def toolkit_version() -> str:
@@ -66,25 +76,29 @@ class BundleSpec:
     recipe_name: str
     recipe_sha256: str
     seed: int
+    formats: tuple[str, ...] = ()  # empty: the target's export_format; else the first is the bundle's model
+    profile: dict[str, Any] | None = field(default=None, compare=False)  # a device profile (export.profile)
+
+    @property
+    def export_formats(self) -> tuple[str, ...]:
+        return self.formats or (self.target.export_format,)
 
 
-def _onnx_logits(path: Path, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    session = make_session(path, threads=2)  # accuracy, not latency: use both cores
+def _logits(path: Path, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    session = open_model(path, threads=2)  # accuracy, not latency: use both cores
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)])
 
 
 @dataclass(frozen=True)
 class _Exported:
-    """The file to ship and what the export checked: `compute_precision` keys the latency estimate;
-    `unseen_params` are weight elements `onnx_stats` cannot count (INT4 tensors, packed int2)."""
+    """The file to ship and what the export checked: `compute_precision` keys the latency estimate."""
 
     path: Path
     parity: Parity
     precision: str
     compute_precision: str
     parity_extra: dict[str, Any] = field(default_factory=dict)
-    unseen_params: int = 0
 
 
 def _export_float(model: nn.Module, spec: BundleSpec, example_inputs: tuple[torch.Tensor, ...], x_check: np.ndarray,
@@ -141,47 +155,123 @@ def _export_qcdq(model: nn.Module, spec: BundleSpec, example_inputs: tuple[torch
     compute = "int4" if kinds and kinds <= {"int2", "int4"} and "int4" in runs else "int8" if "int8" in runs else runs[0]
     notes.append(f"weights stored as {out.precision} in a QCDQ graph (opset {out.opset}): "
                  + ", ".join(f"{sum(1 for p in out.weights.values() if p.kind == k)} layers {k}" for k in sorted(kinds)))
-    unseen = sum(p.params for p in out.weights.values() if p.kind in ("int2", "int4"))
-    return _Exported(out.path, parity, out.precision, compute, extra, unseen)
+    return _Exported(out.path, parity, out.precision, compute, extra)
+
+
+def _export_tflite(model: nn.Module, spec: BundleSpec, example_inputs: tuple[torch.Tensor, ...], x_check: np.ndarray,
+                   tmp: Path, data: Dataset, export_plan: ExportPlan | None) -> _Exported:
+    """litert-torch fp32 .tflite, checked against the target's tolerance, then PT2E static int8 if the plan asks."""
+    target = spec.target
+    fp32_path = export_tflite(model, example_inputs, tmp / "model.fp32.tflite")
+    parity = check_parity_tflite(fp32_path, model, x_check, atol=target.tolerance.atol, rtol=target.tolerance.rtol)
+    if not parity.passed:
+        raise ParityError(f"fp32 .tflite differs from PyTorch by {parity.max_abs_diff:.3g} (tolerance atol "
+                          f"{target.tolerance.atol}, rtol {target.tolerance.rtol})", where=spec.name,
+                          fix="report this model; an operator converts differently from its PyTorch meaning")
+    quantize = export_plan.quantize if export_plan else None
+    if quantize is None:
+        return _Exported(fp32_path, parity, "fp32", "fp32")
+    calib = data.calib.x[:export_plan.calib_samples]
+    final_path = export_tflite(model, example_inputs, tmp / "model.tflite", calib=calib,
+                               per_channel=export_plan.per_channel)
+    parity = check_parity_tflite(final_path, model, x_check, atol=float("inf"), rtol=float("inf"))
+    need = target.tolerance.quantized_top1_agreement
+    if parity.top1_agreement < need:
+        raise ParityError(f"int8 .tflite agrees with PyTorch on top-1 for {parity.top1_agreement:.1%} of "
+                          f"{len(x_check)} test samples, below the target's {need:.0%}", where=spec.name,
+                          fix="skip ptq_int8 for this variant or fine-tune with quantization-aware training")
+    return _Exported(final_path, parity, "int8", "int8", {"fp32_bytes": fp32_path.stat().st_size})
+
+
+_CODEBOOK_KINDS = ("cluster", "hash_share")
+
+
+def _export_as(fmt: str, model: nn.Module, spec: BundleSpec, example_inputs: tuple[torch.Tensor, ...],
+               x_check: np.ndarray, tmp: Path, data: Dataset, export_plan: ExportPlan | None,
+               stages: list[StageReport], notes: list[str]) -> _Exported:
+    """One format's file; what the format cannot carry is said in `notes`, with what was exported instead."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    exporter = export_plan.exporter if export_plan else "onnx"
+    if exporter not in ("onnx", "qcdq"):  # pragma: no cover - ExportPlan values come from registered techniques
+        raise EdgetierError(f"unknown exporter {exporter!r}")
+    if exporter == "qcdq":
+        if fmt == "tflite":
+            notes.append("LiteRT cannot carry the sub-8-bit / QAT weights of this model (.tflite has no QCDQ "
+                         "low-bit storage); the brevitas QCDQ .onnx was exported and measured in onnxruntime instead")
+        return _export_qcdq(model, spec, example_inputs, x_check, tmp, notes)
+    if fmt == "tflite":
+        shared = [s.stage for s in stages if s.kind in _CODEBOOK_KINDS]
+        if shared:
+            notes.append(f"LiteRT has no codebook / hashed weight storage: the weights of {', '.join(shared)} are "
+                         "stored dense in the .tflite (the shared values survive only in its compressed size)")
+            model = densified(model)  # litert-torch cannot lower the in-graph rebuild (bit shifts, gathers)
+        return _export_tflite(model, spec, example_inputs, x_check, tmp, data, export_plan)
+    return _export_float(model, spec, example_inputs, x_check, tmp, data, export_plan)
+
+
+def _estimated_ms(spec: BundleSpec, exported: _Exported, *, fmt: str, macs: int, weight_bytes: int, act_bytes: int,
+                  notes: list[str]) -> float | None:
+    target = spec.target
+    if spec.profile is not None:
+        ms = latency_from_profile(spec.profile, target=target.name, fmt=fmt, precision=exported.precision, macs=macs)
+        if ms is not None:
+            notes.append(f"estimated latency from the device profile of {target.name} (measured ms x MACs ratio), "
+                         "not the roofline")
+            return ms
+        notes.append(f"the device profile has no {fmt} {exported.precision} entry for {target.name}: roofline used")
+    try:
+        return estimate_latency(target, macs=macs, weight_bytes=weight_bytes, activation_bytes=act_bytes,
+                                precision=exported.compute_precision).ms
+    except TargetError as exc:
+        notes.append(f"no latency estimate: {exc.problem}")
+        return None
 
 
 def deploy(model: nn.Module, spec: BundleSpec, *, data: Dataset, example_inputs: tuple[torch.Tensor, ...],
            export_plan: ExportPlan | None, stages: list[StageReport], out_dir: Path) -> dict[str, Any]:
-    """Export `model` into the bundle folder `out_dir` and return its report entry."""
+    """Export `model` into the bundle folder `out_dir` and return its report entry.
+
+    Raises `export.limits.LimitError` (nothing written) when the file does not fit the target's budgets.
+    """
     model = model.eval()
     target = spec.target
     notes = _stage_notes(stages)
-    if target.export_format != "onnx":
-        notes.append(f"target {target.name} runs {target.runtime} ({target.export_format}); this version of edgetier "
-                     "exports ONNX only, so the ONNX file was exported and measured in onnxruntime")
+    fmt, *more = spec.export_formats
     with tempfile.TemporaryDirectory(prefix="edgetier-export-") as tmp:
         x_check = data.test.x[:PARITY_SAMPLES]
-        exporter = export_plan.exporter if export_plan else "onnx"
-        if exporter == "qcdq":
-            exported = _export_qcdq(model, spec, example_inputs, x_check, Path(tmp), notes)
-        elif exporter == "onnx":
-            exported = _export_float(model, spec, example_inputs, x_check, Path(tmp), data, export_plan)
-        else:  # pragma: no cover - ExportPlan values come from registered techniques
-            raise EdgetierError(f"unknown exporter {exporter!r}")
+        exported = _export_as(fmt, model, spec, example_inputs, x_check, Path(tmp) / fmt, data, export_plan, stages,
+                              notes)
         final_path, parity, precision = exported.path, exported.parity, exported.precision
-
-        stats = onnx_stats(final_path)
-        stats["params"] += exported.unseen_params
-        accuracy = float((_onnx_logits(final_path, data.test.x).argmax(1) == data.test.y).mean())
+        fmt = "tflite" if final_path.suffix == ".tflite" else "onnx"  # qcdq falls back to onnx
+        limits = check_limits(final_path, storage_kb=target.memory.storage_kb, ram_kb=target.memory.ram_kb,
+                              target=target.name, where=f"variant {spec.name}")
+        stats = model_stats(final_path)
+        accuracy = float((_logits(final_path, data.test.x).argmax(1) == data.test.y).mean())
         torch_accuracy = float((predict(model, data.test.x).argmax(1) == data.test.y).mean())
         timing = latency_ms(final_path, data.test.x[:1], threads=LATENCY_THREADS)
         with _frozen_params(model):
             macs = count_macs(model, example_inputs)
         act_bytes = activation_bytes(model, example_inputs, bytes_per_element=1 if precision != "fp32" else 4)
-        try:
-            estimate = estimate_latency(target, macs=macs, weight_bytes=stats["bytes"], activation_bytes=act_bytes,
-                                        precision=exported.compute_precision)
-            estimated_ms: float | None = estimate.ms
-        except TargetError as exc:
-            estimated_ms = None
-            notes.append(f"no latency estimate: {exc.problem}")
+        estimated_ms = _estimated_ms(spec, exported, fmt=fmt, macs=macs, weight_bytes=stats["bytes"],
+                                     act_bytes=act_bytes, notes=notes)
+        # a few inputs and PyTorch's outputs, so `edgetier inspect` can re-run parity from the bundle alone
+        kept = x_check[:PARITY_KEPT]
+        files: dict[str, Path | bytes] = {f"model.{fmt}": final_path,
+                                          PARITY_FILE: parity_npz(kept, predict(model, kept))}
+        alternates = []
+        for extra in more:  # formats the recipe adds: exported, verified, shipped and measured alongside
+            other = _export_as(extra, model, spec, example_inputs, x_check, Path(tmp) / extra, data, export_plan,
+                               stages, notes)
+            name = f"model{other.path.suffix}"
+            if name in files:
+                continue
+            files[name] = other.path
+            alternates.append({"file": name, "format": other.path.suffix[1:], "precision": other.precision,
+                               "bytes": other.path.stat().st_size, "top1_agreement": other.parity.top1_agreement,
+                               "latency_ms": latency_ms(other.path, data.test.x[:1], threads=LATENCY_THREADS).median_ms})
         entry = ModelReport(
-            name=spec.name, target=target.name, tier=target.tier, runtime="onnxruntime", format="onnx",
+            name=spec.name, target=target.name, tier=target.tier,
+            runtime="litert" if fmt == "tflite" else "onnxruntime", format=fmt,
             precision=precision, bytes=stats["bytes"], compressed_bytes=compressed_bytes(final_path),
             params=stats["params"], torch_params=count_params(model),
             nonzero_params=count_nonzero(model), macs=macs, accuracy=accuracy, torch_accuracy=torch_accuracy,
@@ -191,10 +281,15 @@ def deploy(model: nn.Module, spec: BundleSpec, *, data: Dataset, example_inputs:
                     "samples": len(x_check), **exported.parity_extra},
             stages=tuple(stages), notes=tuple(notes),
         ).to_dict()
+        entry["limits"] = limits.to_dict()
+        if alternates:
+            entry["alternates"] = alternates
         manifest = _manifest(spec, data, example_inputs, precision, export_plan)
+        manifest["model"] = {"file": f"model.{fmt}", "format": fmt, "precision": precision,
+                             **({"alternates": [{k: a[k] for k in ("file", "format", "precision")} for a in alternates]}
+                                if alternates else {})}
         report = {"recipe": spec.recipe_name, "models": [entry], "notes": notes}
-        write_bundle(out_dir, files={"model.onnx": final_path}, manifest=manifest, report=report,
-                     report_md=render_markdown(report))
+        write_bundle(out_dir, files=files, manifest=manifest, report=report, report_md=render_markdown(report))
     return entry
 
 

@@ -40,6 +40,7 @@ from compress.exits.branches import EarlyExitModel
 from compress.models import build_from_spec
 from compress.recipe import Plan, Recipe
 from compress.registry import build as build_technique
+from export.profile import load_profile
 from export.report import render_markdown
 
 Log = Callable[[str], None]
@@ -79,11 +80,16 @@ def _example_inputs(model: nn.Module, data: Dataset) -> tuple[torch.Tensor, ...]
 
 
 def run(recipe: Recipe, *, out_dir: str | Path = "runs", variants: list[str] | None = None, resume: bool = False,
-        seed: int | None = None, progress: Progress | None = None, log: Log = lambda _msg: None) -> RunResult:
+        seed: int | None = None, progress: Progress | None = None, log: Log = lambda _msg: None,
+        executor: str | None = None, profile: str | Path | None = None) -> RunResult:
     """Run `recipe` and return where its bundles are and their report entries.
 
-    `variants` limits the run to those variants (the cloud bundle is always written).
+    `variants` limits the run to those variants (the cloud bundle is always written). `executor`
+    ("ray") runs the parallel work of stages that have some (NAS trials) there, whatever the recipe says.
+    `profile` is a device profile (`export.runtime.profile`) whose measured latency replaces the
+    roofline estimate for its target.
     """
+    device_profile = load_profile(profile) if profile is not None else None
     seed = recipe.seed if seed is None else seed
     progress = progress or SilentProgress()
     names = list(recipe.variants) if not variants else variants
@@ -98,16 +104,17 @@ def run(recipe: Recipe, *, out_dir: str | Path = "runs", variants: list[str] | N
     example_inputs = _example_inputs(cloud, data)
     bundles: dict[str, Path] = {}
     models: list[dict[str, Any]] = []
-    cloud_spec = BundleSpec("cloud", recipe.cloud_target(), recipe.name, recipe.sha256, seed)
+    cloud_spec = BundleSpec("cloud", recipe.cloud_target(), recipe.name, recipe.sha256, seed, profile=device_profile)
     log("exporting the cloud model")
     entry = deploy(cloud, cloud_spec, data=data, example_inputs=example_inputs, export_plan=None, stages=[],
                    out_dir=run_dir / "cloud")
     bundles["cloud"], models = run_dir / "cloud", [entry]
     for plan in plans:
         model, export_plan, stage_reports = _run_variant(plan, cloud, fingerprint, data, example_inputs, run_dir,
-                                                         seed, resume, progress, log)
+                                                         seed, resume, progress, log, executor)
         log(f"exporting variant {plan.variant!r} for {plan.target.name}")
-        spec = BundleSpec(plan.variant, plan.target, recipe.name, recipe.sha256, seed)
+        spec = BundleSpec(plan.variant, plan.target, recipe.name, recipe.sha256, seed, formats=plan.export,
+                          profile=device_profile)
         deploy_fn = deploy_exits if isinstance(model, EarlyExitModel) else deploy
         models.append(deploy_fn(model, spec, data=data, example_inputs=example_inputs, export_plan=export_plan,
                                 stages=stage_reports, out_dir=run_dir / plan.variant))
@@ -202,7 +209,8 @@ def restore_stages(model: nn.Module, plan: Plan, saved: dict[str, Any],
 
 def _run_variant(plan: Plan, cloud: nn.Module, cloud_fingerprint: str, data: Dataset,
                  example_inputs: tuple[torch.Tensor, ...], run_dir: Path, seed: int, resume: bool,
-                 progress: Progress, log: Log) -> tuple[nn.Module, ExportPlan | None, list[StageReport]]:
+                 progress: Progress, log: Log,
+                 executor: str | None = None) -> tuple[nn.Module, ExportPlan | None, list[StageReport]]:
     ckpt_dir = run_dir / "checkpoints" / plan.variant
     if not resume and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
@@ -210,10 +218,13 @@ def _run_variant(plan: Plan, cloud: nn.Module, cloud_fingerprint: str, data: Dat
     fingerprints = _fingerprints(plan, cloud_fingerprint, seed)
 
     trains = {stage.index: stage.train for stage in plan.stages}
+    # each stage's own folder, next to its checkpoint (so it is cleared and kept with them)
+    workdirs = {stage.index: ckpt_dir / f"{stage.index:02d}-{stage.name}" for stage in plan.stages}
 
     def context(index: int) -> Context:
         return Context(example_inputs=example_inputs, target=plan.target, data=data, teacher=cloud,
-                       seed=stage_seed(seed, plan.variant, index), progress=progress, train=trains[index])
+                       seed=stage_seed(seed, plan.variant, index), progress=progress, train=trains[index],
+                       workdir=workdirs[index], executor=executor)
 
     model, hooks = copy.deepcopy(cloud), HookSet()
     export_plan: ExportPlan | None = None

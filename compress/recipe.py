@@ -84,7 +84,9 @@ class Variant(_Strict):
     target: str
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, description="stage name -> `with` keys")
     skip: tuple[str, ...] = ()
-    export: tuple[Literal["onnx"], ...] = Field(("onnx",), description="artifact formats to produce")
+    export: tuple[Literal["onnx", "tflite"], ...] = Field(
+        (), description="artifact formats to produce, the first being the bundle's model; empty = the target's "
+        "export_format (onnx for onnxruntime targets, tflite for litert targets)")
 
 
 class Cloud(_Strict):
@@ -177,7 +179,8 @@ class Recipe(_Strict):
                 raise RecipeError(exc.problem, where=self.where((*vpath, "target")), fix=exc.fix) from None
             train = base_train.patched(stage.train) if stage.train is not None else None
             planned.append(PlannedStage(index=index, name=stage.name, kind=stage.kind, config=config, train=train))
-        return Plan(recipe=self, variant=variant, target=target, stages=tuple(planned), export=spec.export)
+        export = tuple(dict.fromkeys(spec.export)) or (target.export_format,)
+        return Plan(recipe=self, variant=variant, target=target, stages=tuple(planned), export=export)
 
     def _stage_config(self, index: int, stage: Stage, override: dict[str, Any], vpath: KeyPath) -> TechniqueConfig:
         spath: KeyPath = ("stages", index)

@@ -11,6 +11,7 @@ from compress.core.errors import RecipeError
 from compress.core.technique import BaseTechnique
 from compress.distill.technique import Distill
 from compress.exits.technique import EarlyExit
+from compress.nas.technique import NAS
 from compress.prune.lottery import LotteryTicket
 from compress.prune.snip import Snip
 from compress.prune.structured import StructuredPrune
@@ -35,6 +36,7 @@ REGISTRY: dict[str, type[BaseTechnique]] = {
     "structured_prune": StructuredPrune,
     "lottery_ticket": LotteryTicket,
     "snip": Snip,
+    "nas": NAS,
 }
 
 

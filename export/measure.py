@@ -17,12 +17,10 @@ import onnx
 from onnx import helper
 
 from export.errors import ExportError
-from export.runtime import input_dtype, make_session
+from export.onnx_params import learned_params
+from export.runtime import input_dtype, open_model
 
-__all__ = ["Latency", "accuracy_of", "latency_ms", "onnx_stats"]
-
-# Ops whose initializer inputs are learned weights or biases.
-_WEIGHT_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN"})
+__all__ = ["Latency", "accuracy_of", "latency_ms", "model_stats", "onnx_stats", "tflite_stats"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +34,7 @@ class Latency:
 
 
 def latency_ms(
-    onnx_path: str | os.PathLike[str],
+    model_path: str | os.PathLike[str],
     x_one: np.ndarray,
     *,
     threads: int = 1,
@@ -44,6 +42,9 @@ def latency_ms(
     repeats: int = 50,
 ) -> Latency:
     """Time `session.run` on one sample, after `warmup` untimed runs (allocations, caches).
+
+    `model_path` is an .onnx (onnxruntime) or .tflite (LiteRT) file; a .tflite int8 model's time
+    includes quantizing the input and dequantizing the output, as on a device.
 
     >>> import tempfile, pathlib, numpy as np
     >>> from export._examples import tiny_onnx
@@ -54,16 +55,16 @@ def latency_ms(
     """
     if repeats < 1 or warmup < 0:
         raise ExportError(
-            f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}", where=str(onnx_path)
+            f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}", where=str(model_path)
         )
     x_one = np.asarray(x_one)
     if x_one.ndim < 1 or x_one.shape[0] != 1:
         raise ExportError(
             f"latency is measured at batch 1, got an input of shape {list(x_one.shape)}",
-            where=str(onnx_path),
+            where=str(model_path),
             fix="pass x[:1]",
         )
-    session = make_session(onnx_path, threads=threads)
+    session = open_model(model_path, threads=threads)
     spec = session.get_inputs()[0]
     feed = {spec.name: x_one.astype(input_dtype(session), copy=False)}
     for _ in range(warmup):
@@ -100,10 +101,9 @@ def accuracy_of(logits: np.ndarray, y: np.ndarray) -> float:
 def onnx_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Size on disk, learned parameter count, and element count per initializer dtype.
 
-    `params` counts the elements of float and integer tensors of rank >= 1 that feed a
-    Conv/Gemm/MatMul/RNN node (weights and biases), directly or through a DequantizeLinear's
-    data input, plus the bias of an Add that directly follows such a MatMul. Quantization scales
-    and zero points, shapes and other constants are not parameters. A model's folded
+    `params` counts the learned values stored for the layers (`export.onnx_params`): weights and
+    biases, a quantized weight's elements (not its scales and zero points), and the codebooks or
+    hash buckets of weight-shared layers whose dense weights the graph rebuilds. A model's folded
     BatchNorm shows up as (at most) a Conv bias, so `params` can be below PyTorch's count.
 
     >>> import tempfile, pathlib
@@ -127,40 +127,11 @@ def onnx_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
     for t in tensors.values():
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).name
         counts[dtype] = counts.get(dtype, 0) + _numel(t)
-    weights = _weight_tensors(model.graph, tensors)
     return {
         "bytes": path.stat().st_size,
-        "params": sum(_numel(tensors[name]) for name in weights),
+        "params": learned_params(model),
         "precision_counts": dict(sorted(counts.items())),
     }
-
-
-def _weight_tensors(graph: onnx.GraphProto, tensors: dict[str, onnx.TensorProto]) -> set[str]:
-    # A QDQ weight reaches its op through DequantizeLinear's first input: map its output back.
-    dequantized = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
-    weight_matmuls = set()
-    found: set[str] = set()
-    for node in graph.node:
-        if node.op_type not in _WEIGHT_OPS:
-            continue
-        for name in node.input:
-            source = dequantized.get(name, name)
-            if source in tensors and _is_weight_like(tensors[source]):
-                found.add(source)
-                if node.op_type == "MatMul":
-                    weight_matmuls.add(node.output[0])
-    for node in graph.node:
-        if node.op_type == "Add" and any(i in weight_matmuls for i in node.input):
-            for name in node.input:
-                source = dequantized.get(name, name)
-                if source in tensors and _is_weight_like(tensors[source]):
-                    found.add(source)
-    return found
-
-
-def _is_weight_like(t: onnx.TensorProto) -> bool:
-    kind = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).kind
-    return len(t.dims) >= 1 and kind in "fiu"
 
 
 def _numel(t: onnx.TensorProto) -> int:
@@ -184,3 +155,54 @@ def compressed_bytes(path: str | os.PathLike[str]) -> int:
     import zlib
 
     return len(zlib.compress(Path(path).read_bytes(), 9))
+
+
+def tflite_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Size on disk, parameter count, element count per constant dtype, and operators of a .tflite file.
+
+    `params` counts the elements of constant tensors (those backed by a buffer) that feed a
+    convolution or fully connected op as weights or bias; int32 shape constants are not parameters.
+    Torch-free: read with the flatbuffer schema shipped in ai-edge-litert.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(".tflite file not found", where=str(path), fix="export the model first")
+    model = schema.ModelT.InitFromPackedBuf(bytearray(path.read_bytes()), 0)
+    names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    codes = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    counts: dict[str, int] = {}
+    params, ops = 0, []
+    for graph in model.subgraphs or []:
+        const = {i for i, t in enumerate(graph.tensors or [])
+                 if t.buffer and model.buffers[t.buffer].data is not None and len(model.buffers[t.buffer].data)}
+        for i in const:
+            t = graph.tensors[i]
+            kind = names.get(t.type, str(t.type)).lower()
+            counts[kind] = counts.get(kind, 0) + int(np.prod(t.shape if t.shape is not None else [], dtype=np.int64))
+        for op in graph.operators or []:
+            code = model.operatorCodes[op.opcodeIndex]
+            name = codes.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+            ops.append(name)
+            if name in _TFLITE_WEIGHT_OPS:
+                params += sum(int(np.prod(graph.tensors[i].shape, dtype=np.int64))
+                              for i in (op.inputs if op.inputs is not None else [])[1:] if i in const)
+    return {"bytes": path.stat().st_size, "params": params, "precision_counts": dict(sorted(counts.items())),
+            "operators": dict(sorted({o: ops.count(o) for o in set(ops)}.items()))}
+
+
+_TFLITE_WEIGHT_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D",
+                                "BATCH_MATMUL", "UNIDIRECTIONAL_SEQUENCE_LSTM"})
+
+
+def model_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """`onnx_stats` or `tflite_stats`, by the file's suffix.
+
+    >>> import tempfile, pathlib
+    >>> from export._examples import tiny_onnx
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     model_stats(tiny_onnx(pathlib.Path(d) / "m.onnx"))["params"]
+    15
+    """
+    return tflite_stats(path) if Path(path).suffix == ".tflite" else onnx_stats(path)

@@ -1,7 +1,9 @@
-"""The device runtime: load a verified bundle and run it with numpy + onnxruntime only.
+"""The device runtime: load a verified bundle and run it with numpy + onnxruntime or LiteRT only.
 
 A device has no torch and no `compress`; this module and everything it imports use only the
-standard library, numpy and onnxruntime (a test checks that importing it loads no torch).
+standard library, numpy, onnxruntime and (for .tflite bundles, imported on first use)
+ai-edge-litert — a test checks that importing it loads no torch. `.onnx` and `.tflite` models
+run behind the same session calls (`export.litert.TFLiteSession` adapts the interpreter).
 
 Manifest keys read here: `files` (verified before anything is opened), `model.file`,
 `model.format`, `input.name`, `input.shape`, `input.dtype`, `output.name`, `labels`.
@@ -20,10 +22,15 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf
 
 from export.errors import BundleError, ExportError
+from export.litert import TFLiteSession
 from export.manifest import verify_bundle
 from export.policy import exits as policy_exits
+from export.profile import profile
 
-__all__ = ["Bundle", "input_dtype", "load", "make_session", "run_all_exits", "run_segments"]
+__all__ = ["Bundle", "input_dtype", "load", "make_session", "open_model", "profile", "run_all_exits",
+           "run_segments"]
+
+FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
 
 _ORT_DTYPES = {
     "tensor(float)": np.float32,
@@ -59,7 +66,25 @@ def make_session(path: str | os.PathLike[str], *, threads: int = 1) -> ort.Infer
     return ort.InferenceSession(os.fspath(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def input_dtype(session: ort.InferenceSession, index: int = 0) -> np.dtype:
+def open_model(path: str | os.PathLike[str], *, threads: int = 1) -> ort.InferenceSession | TFLiteSession:
+    """A session for an .onnx (onnxruntime) or .tflite (LiteRT) file, chosen by its suffix.
+
+    >>> import tempfile, pathlib
+    >>> from export._examples import tiny_onnx
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     type(open_model(tiny_onnx(pathlib.Path(d) / "m.onnx"))).__name__
+    'InferenceSession'
+    """
+    suffix = Path(path).suffix
+    if suffix not in FORMATS:
+        raise ExportError(f"unknown model file type {suffix!r}", where=os.fspath(path),
+                          fix=f"use one of {', '.join(FORMATS)}")
+    if FORMATS[suffix] == "tflite":
+        return TFLiteSession(path, threads=threads)
+    return make_session(path, threads=threads)
+
+
+def input_dtype(session: ort.InferenceSession | TFLiteSession, index: int = 0) -> np.dtype:
     """The numpy dtype an onnxruntime session expects for one of its inputs.
 
     >>> import tempfile, pathlib
@@ -68,6 +93,8 @@ def input_dtype(session: ort.InferenceSession, index: int = 0) -> np.dtype:
     ...     input_dtype(make_session(tiny_onnx(pathlib.Path(d) / "m.onnx")))
     dtype('float32')
     """
+    if isinstance(session, TFLiteSession):
+        return np.dtype(np.float32)  # the adapter quantizes float input itself
     kind = session.get_inputs()[index].type
     if kind not in _ORT_DTYPES:
         raise ExportError(f"model input type {kind} is not supported here", fix="export with a float32 input")
@@ -76,12 +103,12 @@ def input_dtype(session: ort.InferenceSession, index: int = 0) -> np.dtype:
 
 @dataclass(frozen=True)
 class Bundle:
-    """A loaded bundle: its folder, its verified manifest, and an onnxruntime session."""
+    """A loaded bundle: its folder, its verified manifest, and its model's session (onnxruntime or LiteRT)."""
 
     path: Path
     manifest: dict[str, Any]
-    session: ort.InferenceSession = field(repr=False)
-    segments: tuple[ort.InferenceSession, ...] = field(default=(), repr=False)
+    session: ort.InferenceSession | TFLiteSession = field(repr=False)
+    segments: tuple[ort.InferenceSession | TFLiteSession, ...] = field(default=(), repr=False)
 
     @property
     def exits(self) -> list[dict[str, Any]]:
@@ -181,12 +208,12 @@ def load(bundle_dir: str | os.PathLike[str], *, threads: int = 1) -> Bundle:
     if "segments" in manifest.get("model", {}):
         return _load_segments(root, manifest, threads)
     model = _spec(manifest, "model", ("file", "format"), root)
-    if model["format"] != "onnx":
+    if model["format"] not in FORMATS.values() or FORMATS.get(Path(model["file"]).suffix) != model["format"]:
         raise BundleError(
-            f"model format '{model['format']}' is not supported: this runtime build supports onnx only "
-            "(LiteRT support comes later)",
+            f"model format '{model['format']}' of file '{model['file']}' is not supported: this runtime runs "
+            f"{' and '.join(f'{f} ({s})' for s, f in FORMATS.items())} files",
             where=str(root / "manifest.json"),
-            fix="export the variant with format onnx, or run it with a LiteRT runtime",
+            fix="re-export the bundle for a target whose runtime is onnxruntime or litert",
         )
     if model["file"] not in manifest["files"]:
         raise BundleError(
@@ -205,13 +232,15 @@ def load(bundle_dir: str | os.PathLike[str], *, threads: int = 1) -> Bundle:
             fix="re-export the bundle",
         ) from None
     try:
-        session = make_session(root / model["file"], threads=threads)
+        session = open_model(root / model["file"], threads=threads)
     except (Fail, InvalidGraph, InvalidProtobuf) as err:
         raise BundleError(
             f"onnxruntime cannot open '{model['file']}' ({str(err).splitlines()[0]})",
             where=str(root),
             fix="re-export the bundle; if it was exported fine, use an opset this onnxruntime supports",
         ) from None
+    if isinstance(session, TFLiteSession):  # .tflite tensors are named by position (args_0, output_0)
+        return Bundle(path=root, manifest=manifest, session=session)
     names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
     if inp["name"] not in names[0] or out["name"] not in names[1]:
         raise BundleError(
@@ -236,9 +265,9 @@ def _spec(manifest: dict[str, Any], key: str, needed: tuple[str, ...], root: Pat
 
 def _load_segments(root: Path, manifest: dict[str, Any], threads: int) -> Bundle:
     specs = manifest["model"]["segments"]
-    if manifest["model"].get("format") != "onnx":
-        raise BundleError(f"model format '{manifest['model'].get('format')}' is not supported: this runtime build "
-                          "supports onnx only", where=str(root / "manifest.json"), fix="export the variant as onnx")
+    if manifest["model"].get("format") not in FORMATS.values():
+        raise BundleError(f"model format '{manifest['model'].get('format')}' is not supported: this runtime runs "
+                          f"{', '.join(FORMATS.values())}", where=str(root / "manifest.json"), fix="re-export the bundle")
     if len(manifest.get("exits", [])) != len(specs) - 1:
         raise BundleError(f"{len(specs)} segments need {len(specs) - 1} exits, the manifest has "
                           f"{len(manifest.get('exits', []))}", where=str(root / "manifest.json"),
@@ -248,7 +277,7 @@ def _load_segments(root: Path, manifest: dict[str, Any], threads: int) -> Bundle
         if spec.get("file") not in manifest["files"]:
             raise BundleError(f"segment file {spec.get('file')!r} is not listed in the manifest's files",
                               where=str(root / "manifest.json"), fix="re-export the bundle")
-        sessions.append(make_session(root / spec["file"], threads=threads))
+        sessions.append(open_model(root / spec["file"], threads=threads))
     return Bundle(path=root, manifest=manifest, session=sessions[0], segments=tuple(sessions))
 
 

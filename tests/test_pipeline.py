@@ -82,8 +82,13 @@ def _edgetier(*args: str, cwd: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
+def _model_file(bundle: Path) -> Path:
+    """The bundle's model file (model.onnx or model.tflite, by its target's runtime), from its manifest."""
+    return bundle / json.loads((bundle / "manifest.json").read_text())["model"]["file"]
+
+
 def _model_hashes(run_dir: Path) -> dict[str, str]:
-    return {name: sha256_file(run_dir / name / "model.onnx") for name in ("cloud", "edge", "end")}
+    return {name: sha256_file(_model_file(run_dir / name)) for name in ("cloud", "edge", "end")}
 
 
 def test_resume_after_sigkill_ends_with_the_same_model_files(tiny_recipe, write_recipe, tmp_path):

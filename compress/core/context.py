@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -39,7 +40,14 @@ class SilentProgress:
 class Context:
     """Inputs to `Technique.apply`: target, example inputs, data, teacher, seed, progress, and
     `train` — how the stage will train after `apply` (None when it does not), so gradual
-    techniques can spread a schedule over `train.epochs` epochs of the train split."""
+    techniques can spread a schedule over `train.epochs` epochs of the train split.
+
+    `workdir` is the stage's own folder in the run (`<run>/checkpoints/<variant>/<NN>-<stage>/`,
+    None outside a pipeline run): where a stage keeps files that must survive an interruption
+    (the NAS journal) and figures for the report. It is emptied with the variant's checkpoints
+    when a run starts without `--resume`. `executor` (e.g. "ray") overrides where techniques that
+    run parallel work (NAS trials) run it; None keeps each stage's own setting.
+    """
 
     example_inputs: tuple[torch.Tensor, ...]
     target: Target | None = None
@@ -48,3 +56,5 @@ class Context:
     seed: int = 0
     progress: Progress = field(default_factory=SilentProgress)
     train: TrainSpec | None = None
+    workdir: Path | None = None
+    executor: str | None = None

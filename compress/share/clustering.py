@@ -31,7 +31,6 @@ from compress.share.layers import (
     layer_to_restore,
     replace_layer,
     shareable_layers,
-    target_notes,
 )
 from compress.share.packing import code_bits, pack_codes, packed_size, unpack_codes
 from compress.targets import Target
@@ -182,7 +181,7 @@ class Cluster(BaseTechnique):
                    "weight_bytes": stored, "dense_weight_bytes": dense,
                    "artifact": "fp32 codebooks + packed codes; the dense weights are rebuilt in the graph "
                                "(GatherElements) and folded by onnxruntime when the session starts",
-                   "notes": target_notes(ctx.target), "layers": report}
+                   "layers": report}
         return Result(model, summary, state=_state(cfg, report))
 
     def restore(self, model: nn.Module, state: dict[str, Any], ctx: Context) -> Result:

@@ -39,7 +39,6 @@ from compress.share.layers import (
     layer_to_restore,
     replace_layer,
     shareable_layers,
-    target_notes,
 )
 from compress.share.packing import in_graph
 from compress.targets import Target
@@ -218,7 +217,7 @@ class HashShare(BaseTechnique):
                    "virtual_weights": virtual, "compression": real / virtual if virtual else 1.0,
                    "artifact": "fp32 buckets + 7 hash integers per layer; virtual weights rebuilt in the graph "
                                "(Range, Mul, Mod, Gather) and folded by onnxruntime when the session starts",
-                   "notes": target_notes(ctx.target), "layers": report}
+                   "layers": report}
         state = {"layers": {n: {"buckets": r["buckets"], "seed": r["seed"], "shape": r["shape"]}
                             for n, r in report.items()}}
         return Result(model, summary, state=state)

@@ -8,7 +8,8 @@ exported graph is the weight-building subgraph followed by the usual Conv or Gem
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import copy
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +17,6 @@ from torch import nn
 
 from compress.core.errors import EdgetierError
 from compress.core.selectors import select
-
-if TYPE_CHECKING:
-    from compress.targets import Target
 
 SUPPORTED: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
@@ -112,13 +110,36 @@ def check_not_shared_twice(config: Any, earlier: list[Any], model: nn.Module, *,
                                     fix=f"add {listing} to the `ignore` of this stage or of the {before.kind} stage")
 
 
-def target_notes(target: Target | None) -> list[str]:
-    """What the report should say about `target` (LiteRT: nothing compact to export to yet)."""
-    if target is None or target.runtime != "litert":
-        return []
-    return [f"target {target.name} runs LiteRT; edgetier exports ONNX only for now, so the compact form (rebuilt "
-            "in the graph, folded by onnxruntime) exists in the ONNX file only; a .tflite export of shared "
-            "weights is not implemented"]
+def densified(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose shared layers are plain Conv / Linear layers holding the dense weights
+    they rebuild: for formats with no codebook or hashed storage (LiteRT), where the sharing then
+    shows only in the file's compressed size. Same outputs.
+
+    >>> from compress.share.clustering import cluster_layer
+    >>> model = nn.Sequential(nn.Linear(8, 4))
+    >>> model[0], _ = cluster_layer(model[0], clusters=4, granularity="layer", init="linear",
+    ...                             preserve_sparsity=False, iterations=10, seed=0)
+    >>> plain = densified(model); type(plain[0]).__name__, len(plain[0].weight.unique())
+    ('Linear', 4)
+    """
+    model = copy.deepcopy(model)
+    for name, layer in list(model.named_modules()):
+        if not (hasattr(layer, "dense_weight") and hasattr(layer, "call_args")):  # a SharedLayer (by shape: a
+            continue  # doctest run under --import-mode=importlib holds a second copy of this module's classes)
+        weight = layer.dense_weight().detach()
+        bias = layer.bias is not None
+        if layer.op == "linear":
+            plain: nn.Module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias)
+        else:
+            conv = nn.Conv1d if layer.op == "conv1d" else nn.Conv2d
+            plain = conv(weight.shape[1] * layer.call_args["groups"], weight.shape[0], tuple(weight.shape[2:]),
+                         bias=bias, **layer.call_args)
+        with torch.no_grad():
+            plain.weight.copy_(weight)
+            if bias:
+                plain.bias.copy_(layer.bias.detach())
+        replace_layer(model, name, plain)
+    return model
 
 
 def layer_to_restore(model: nn.Module, name: str, shape: list[int], *, what: str, where: str) -> nn.Module:

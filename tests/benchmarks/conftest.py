@@ -49,9 +49,12 @@ def fresh_dense(dense_resnet1d: nn.Module) -> nn.Module:
 
 
 def measure(model: nn.Module, data: Dataset, out_dir: Path, *, name: str = "model", target: str = "rpi4",
-            export_plan: ExportPlan | None = None) -> dict[str, Any]:
-    """Export `model`, verify it against PyTorch, and measure it exactly as a pipeline run does."""
-    spec = BundleSpec(name, load_target(target), "benchmark", "0" * 64, SEED)
+            export_plan: ExportPlan | None = None, formats: tuple[str, ...] = ("onnx",)) -> dict[str, Any]:
+    """Export `model`, verify it against PyTorch, and measure it exactly as a pipeline run does.
+
+    ONNX by default, whatever the target's own format: the pruning, quantization and sharing bars
+    are about the ONNX file and onnxruntime; `formats=("tflite",)` measures the LiteRT artifact."""
+    spec = BundleSpec(name, load_target(target), "benchmark", "0" * 64, SEED, formats=formats)
     example = (torch.from_numpy(data.test.x[:1]),)
     return deploy(model.eval(), spec, data=data, example_inputs=example, export_plan=export_plan, stages=[],
                   out_dir=out_dir / name)

@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compress.core.train import predict
 from compress.quant.qat import QAT, QATConfig
+from export.measure import onnx_stats
 from export.qcdq import export_qcdq, pack_weights
 
 
@@ -32,6 +33,10 @@ def test_weights_stored_at_their_width_and_parity_within_one_step(model, ctx, di
     params = sum(p.params for p in out.weights.values())
     # packing rounds each tensor up to whole bytes: at most one byte of slack per layer
     assert params * bytes_per_weight <= stored <= params * bytes_per_weight + len(out.weights)
+    # the report's parameter count sees every weight element, however narrow or packed its storage:
+    # the quantized weights plus the classifier's float bias (the convs have none; BatchNorm stays
+    # its own op, whose scales are not layer parameters here)
+    assert onnx_stats(out.path)["params"] == params + qmodel.head.fc.bias.numel()
     # onnxruntime vs brevitas on the 360 test digits: the logits are int8, one step is the output scale;
     # rounding a value that sits on a quantization boundary may land one step apart, never more here
     got = _session(out.path).run(None, {"input": digits.test.x})[0]

@@ -169,10 +169,3 @@ def test_restore_rebuilds_the_structure_for_the_saved_weights(tmp_path):
     fresh.load_state_dict(saved["weights"])
     x = torch.randn(3, 2, 12)
     torch.testing.assert_close(fresh(x), result.model(x), rtol=0, atol=0)
-
-
-def test_litert_targets_get_a_note_that_only_onnx_is_compact():
-    _, report = compress.apply(small_model(), ClusterConfig(clusters=4), target="stm32h7", example_inputs=X)
-    assert any("LiteRT" in note and "ONNX" in note for note in report["notes"])
-    _, report = compress.apply(small_model(), ClusterConfig(clusters=4), target="jetson_orin_nano", example_inputs=X)
-    assert report["notes"] == []

@@ -15,8 +15,9 @@ import compress
 from compress.core.context import Context
 from compress.models import build
 from compress.registry import build as build_technique
-from compress.share.clustering import ClusterConfig
+from compress.share.clustering import ClusterConfig, ClusteredLayer
 from compress.share.hashing import HashShareConfig
+from export.measure import onnx_stats
 from export.onnx import assert_parity, export_onnx
 
 # The ops that rebuild weights; none may survive onnxruntime's session-start optimization.
@@ -77,6 +78,18 @@ def test_checkpoint_round_trip_exports_small_and_matches(kind, config, max_ratio
     # that preserve_sparsity concatenates to each codebook, and shape constants.
     stored = sum(t.numel() * t.element_size() for t in fresh.state_dict().values())
     assert initializer_bytes(onnx.load(path).graph) <= stored + 1024
+    # The report's `params` are the learned values the file stores — codebooks or buckets, not the
+    # dense weights the graph rebuilds — so they match PyTorch's count of the same layers, exactly:
+    # + the pinned zero of each sparsity-preserving codebook (folded into the stored codebook)
+    # + the bias that folding BatchNorm gives a dense conv; - BatchNorm, which stays its own op
+    # after a shared conv and whose scales are not layer parameters.
+    norms = sum(p.numel() for m in fresh.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                for p in m.parameters(recurse=False))
+    pinned = sum(m.groups for m in fresh.modules() if isinstance(m, ClusteredLayer) and m.preserve_sparsity)
+    folded = sum(m.out_channels for m in fresh.modules() if isinstance(m, torch.nn.Conv1d | torch.nn.Conv2d)
+                 and m.bias is None)
+    expected = sum(p.numel() for p in fresh.parameters()) - norms + pinned + folded
+    assert onnx_stats(path)["params"] == expected
 
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")

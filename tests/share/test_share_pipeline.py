@@ -47,6 +47,8 @@ def test_run_reports_the_sharing_decisions(shared_run):
     assert all(layer["compression"] == pytest.approx(0.25, abs=0.01) for layer in stages["hash"]["layers"].values())
     assert "layer3.0.conv1" not in stages["cluster"]["layers"] and "head.fc" in stages["cluster"]["layers"]
     assert end["parity"]["max_abs_diff"] < 1e-4  # deploy refuses worse, this states it
+    # rpi4 runs LiteRT, which has no codebook / hashed storage: the .tflite holds the dense weights, said plainly
+    assert end["format"] == "tflite" and any("stored dense in the .tflite" in note for note in end["notes"])
 
 
 def test_checkpoint_restores_the_model_the_bundle_holds(shared_run):
@@ -61,7 +63,7 @@ def test_checkpoint_restores_the_model_the_bundle_holds(shared_run):
     x = data.test.x[:128]
     with torch.no_grad():
         expected = model.eval()(torch.from_numpy(x)).numpy()
-    # the bundle's ONNX file and the restored PyTorch model: same fp32 weights, conv summation order aside
+    # the bundle's .tflite (dense weights) and the restored PyTorch model: same fp32 weights, summation order aside
     np.testing.assert_allclose(runtime.load(result.bundles["end"]).predict(x), expected, atol=1e-4, rtol=1e-4)
 
 

@@ -1,0 +1,1 @@
+"""Hardware-aware neural architecture search (`kind: nas`) with NNI strategies, in-process or on Ray."""
