@@ -4,11 +4,14 @@ It changes no weights by itself; it hands the trainer a loss hook, so it compose
 training stage after it (pruning fine-tune, clustering, QAT) and works in a user's own loop.
 The trainer adds cross-entropy itself, so the hook adds α·(T²·KL − CE): the total is the
 usual (1 − α)·CE + α·T²·KL. When the student has early exits (`compress.exits`), every exit
-is distilled from the teacher the same way, weighted like its exit loss.
+is distilled from the teacher the same way, weighted like its exit loss. The teacher is a
+private frozen copy: the caller's model (in a recipe, the cloud model every variant starts
+from) is never changed.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
 import torch
@@ -63,11 +66,12 @@ class Distill(BaseTechnique):
         if ctx.teacher is None:
             raise EdgetierError("distill needs a teacher model and none was given",
                                 fix="pass teacher=... to compress.apply (a recipe uses the cloud model)")
-        teacher = ctx.teacher
+        # A private frozen copy: freezing the caller's model in place would leak into everything
+        # else that uses it. In a recipe the teacher is the cloud model, which later variants
+        # deep-copy as their starting point: they inherited requires_grad=False, so their whole
+        # backbone silently stopped training (measured: exit 1 at 88.1 % instead of 96.0 %).
+        teacher = copy.deepcopy(ctx.teacher)
         if self.config.teacher_checkpoint is not None:
-            import copy
-
-            teacher = copy.deepcopy(teacher)
             try:
                 state = torch.load(self.config.teacher_checkpoint, map_location="cpu", weights_only=True)
                 teacher.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)

@@ -32,7 +32,11 @@ class EarlyExitConfig(TechniqueConfig):
 
     kind: Literal["early_exit"] = "early_exit"
     after: tuple[str, ...] = Field(min_length=1, description="top-level stages to attach an exit after, in order")
-    head: Literal["pool_fc", "conv_pool_fc"] = Field("pool_fc", description="exit branch: pool+FC or conv+pool+FC")
+    head: Literal["pool_fc", "conv_pool_fc", "sepconv_pool_fc"] = Field(
+        "pool_fc", description="exit branch: pool+FC, conv+pool+FC (BranchyNet), or two depthwise-separable "
+                               "conv blocks (the first strided, 2x channels) + pool + FC: a wider receptive field "
+                               "for exits after early stages")
+    head_kernel: int = Field(3, ge=1, description="kernel size of the head's convs (odd; e.g. the backbone's)")
     weights: tuple[float, ...] | None = Field(
         None, description="loss weight per exit and then the final classifier (eq. 6); default all 1")
     criterion: Literal["confidence", "entropy", "normalized_entropy"] = "normalized_entropy"
@@ -45,6 +49,8 @@ class EarlyExitConfig(TechniqueConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> EarlyExitConfig:
+        if self.head_kernel % 2 == 0:
+            raise ValueError(f"head_kernel must be odd so that padding keeps the length, got {self.head_kernel}")
         if len(set(self.after)) != len(self.after):
             raise ValueError(f"after lists a stage twice: {list(self.after)}")
         if self.weights is not None and len(self.weights) != len(self.after) + 1:
@@ -86,7 +92,8 @@ class EarlyExit(BaseTechnique):
     def apply(self, model: nn.Module, ctx: Context) -> Result:
         exit_model = self._attach(model, ctx)
         heads = {name: sum(p.numel() for p in head.parameters()) for name, head in exit_model.exits.items()}
-        report = {"after": list(self.config.after), "head": self.config.head, "criterion": self.config.criterion,
+        report = {"after": list(self.config.after), "head": self.config.head,
+                  "head_kernel": self.config.head_kernel, "criterion": self.config.criterion,
                   "weights": list(self._weights()), "layers": {name: {"exit_params": n} for name, n in heads.items()}}
         return Result(exit_model, report, hooks=self._hooks())
 
@@ -106,7 +113,8 @@ class EarlyExit(BaseTechnique):
         shapes = stage_shapes(model, ctx.example_inputs)
         num_classes = shapes[list(shapes)[-1]][-1]
         layout = getattr(model, "feature_layout", "channels_first")
-        heads = {name: ExitHead(shapes[name], num_classes, kind=self.config.head, layout=layout)
+        heads = {name: ExitHead(shapes[name], num_classes, kind=self.config.head, layout=layout,
+                                 kernel=self.config.head_kernel)
                  for name in self.config.after}
         exit_model = EarlyExitModel(model, heads, self._weights()[:-1])
         exit_model.policy = {"criterion": self.config.criterion, "target_accuracy": self.config.target_accuracy,

@@ -51,9 +51,24 @@ def test_teacher_stays_frozen_while_the_student_trains():
     x = torch.randn(64, 1, 40).numpy()
     y = torch.randint(0, 4, (64,)).numpy()
     fit(result.model, (x, y), TrainSpec(epochs=2, lr=1e-2, batch_size=16), hooks=result.hooks)
-    for key, value in teacher.state_dict().items():
+    for key, value in teacher.state_dict().items():  # running statistics included
         torch.testing.assert_close(value, before[key], rtol=0, atol=0)
-    assert not any(p.requires_grad for p in teacher.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_the_callers_teacher_is_not_changed():
+    # A recipe's teacher is the cloud model, and every later variant starts from a copy of it: a
+    # teacher frozen in place made those variants' backbones untrainable (issue 5's benchmark).
+    teacher, student = _pair()
+    teacher.train()
+    result = compress.apply(student, DistillConfig(), teacher=teacher)
+    x, y = torch.randn(6, 1, 40), torch.randint(0, 4, (6,))
+    result.hooks.loss(result.model, x, result.model(x), y)
+    assert all(p.requires_grad for p in teacher.parameters())
+    assert teacher.training
+    later_variant = copy.deepcopy(teacher)
+    F.cross_entropy(later_variant(x), y).backward()
+    assert all(p.grad is not None for p in later_variant.parameters())
 
 
 def test_exits_are_distilled_too():

@@ -30,7 +30,7 @@ def _model(zoo, shape):
 
 
 @pytest.mark.parametrize("zoo,shape", MODELS)
-@pytest.mark.parametrize("head", ["pool_fc", "conv_pool_fc"])
+@pytest.mark.parametrize("head", ["pool_fc", "conv_pool_fc", "sepconv_pool_fc"])
 def test_exits_attach_and_segments_chain_to_the_same_logits(zoo, shape, head):
     model = _model(zoo, shape)
     reference = copy.deepcopy(model).eval()
@@ -53,6 +53,18 @@ def test_exits_attach_and_segments_chain_to_the_same_logits(zoo, shape, head):
                 chained.append(out)
     for a, b in zip(chained, logits, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)  # the same ops in the same order
+
+
+def test_sepconv_head_macs_match_a_hand_count():
+    from compress.core.measure import count_macs
+    from compress.exits.branches import ExitHead
+
+    head = ExitHead((32, 20), 10, kind="sepconv_pool_fc", kernel=5).eval()
+    # depthwise 5-tap and pointwise 32->64 at stride 2 (length 10), then the same at 64->64, then FC 64->10
+    expected = 32 * 5 * 10 + 32 * 64 * 10 + 64 * 5 * 10 + 64 * 64 * 10 + 64 * 10
+    assert count_macs(head, (torch.zeros(1, 32, 20),)) == expected
+    conv = ExitHead((32, 20), 10, kind="conv_pool_fc", kernel=5).eval()
+    assert count_macs(head, (torch.zeros(1, 32, 20),)) < count_macs(conv, (torch.zeros(1, 32, 20),))
 
 
 def test_joint_loss_trains_the_exits_in_a_users_loop():
@@ -91,6 +103,7 @@ def test_restore_rebuilds_the_exits_so_the_state_dict_loads():
     ({"after": ("layer1",), "target_accuracy": 0.9, "exit_rate": 0.5}, "not target_accuracy and exit_rate"),
     ({"after": ("layer1",), "thresholds": (1.5,)}, "in \\[0, 1\\]"),
     ({"after": ("layer1",), "thresholds": (0.5, 0.5)}, "one value per exit"),
+    ({"after": ("layer1",), "head_kernel": 4}, "odd"),
 ])
 def test_bad_configs(kwargs, message):
     with pytest.raises(ValidationError, match=message):
