@@ -26,7 +26,7 @@ from torch import nn
 
 from compress.core.errors import EdgetierError, TargetError
 from compress.core.measure import activation_bytes, count_macs, count_nonzero, count_params
-from compress.core.report import ModelReport, StageReport
+from compress.core.report import ModelReport, StageReport, bundle_figures
 from compress.core.technique import ExportPlan
 from compress.core.train import predict
 from compress.datasets import Dataset
@@ -269,6 +269,8 @@ def deploy(model: nn.Module, spec: BundleSpec, *, data: Dataset, example_inputs:
             alternates.append({"file": name, "format": other.path.suffix[1:], "precision": other.precision,
                                "bytes": other.path.stat().st_size, "top1_agreement": other.parity.top1_agreement,
                                "latency_ms": latency_ms(other.path, data.test.x[:1], threads=LATENCY_THREADS).median_ms})
+        figures, stages = bundle_figures(stages)  # plots the stages drew ship inside the bundle
+        files.update(figures)
         entry = ModelReport(
             name=spec.name, target=target.name, tier=target.tier,
             runtime="litert" if fmt == "tflite" else "onnxruntime", format=fmt,
@@ -282,6 +284,8 @@ def deploy(model: nn.Module, spec: BundleSpec, *, data: Dataset, example_inputs:
             stages=tuple(stages), notes=tuple(notes),
         ).to_dict()
         entry["limits"] = limits.to_dict()
+        if figures:
+            entry["figures"] = sorted(figures)
         if alternates:
             entry["alternates"] = alternates
         manifest = _manifest(spec, data, example_inputs, precision, export_plan)

@@ -17,7 +17,7 @@ import torch
 
 from compress.core.errors import EdgetierError
 from compress.core.measure import count_macs, count_nonzero, count_params
-from compress.core.report import ModelReport, StageReport
+from compress.core.report import ModelReport, StageReport, bundle_figures
 from compress.core.technique import ExportPlan
 from compress.datasets import Dataset
 from compress.deploy import PARITY_SAMPLES, BundleSpec, _manifest, _stage_notes
@@ -96,6 +96,8 @@ def deploy_exits(model: EarlyExitModel, spec: BundleSpec, *, data: Dataset, exam
                         "segment_latency_ms": seg_latency, "segment_macs": seg_macs,
                         "segment_bytes": [files[s["file"]].stat().st_size for s in specs], "full_macs": full_macs,
                         "expected_latency_ms": float((share * cumulative).sum())}
+        figures, stages = bundle_figures(stages)  # plots the stages drew ship inside the bundle
+        files.update(figures)
         entry = ModelReport(
             name=spec.name, target=target.name, tier=target.tier, runtime="onnxruntime", format="onnx",
             precision="fp32", bytes=total_bytes, compressed_bytes=sum(compressed_bytes(files[s["file"]]) for s in specs),
@@ -108,6 +110,8 @@ def deploy_exits(model: EarlyExitModel, spec: BundleSpec, *, data: Dataset, exam
             notes=tuple(notes + ["macs and latency_ms are means over the test split under the exit policy; "
                                  "latency_p90_ms is the full chain"]), exits=exits_report,
         ).to_dict()
+        if figures:
+            entry["figures"] = sorted(figures)
         manifest = _manifest(spec, data, example_inputs, "fp32", export_plan)
         manifest["model"] = {"format": "onnx", "precision": "fp32", "segments": specs}
         manifest["exits"] = exits

@@ -274,7 +274,7 @@ def _write_run_report(run_dir: Path, recipe: Recipe, models: list[dict[str, Any]
                 "seed": seed, "data": {"dataset": recipe.data.dataset, **recipe.data.options},
                 "bundles": [m["name"] for m in models]}
     for name, text in (("report.json", json.dumps(report, indent=2, sort_keys=True)),
-                       ("report.md", render_markdown(report)),
+                       ("report.md", render_markdown(report, figures_in_bundles=True)),
                        ("run.json", json.dumps(run_info, indent=2, sort_keys=True))):
         tmp = run_dir / f".{name}.tmp"
         tmp.write_text(text + "\n", encoding="utf-8")

@@ -39,6 +39,7 @@ class TrainPatch(_Strict):
     batch_size: int | None = Field(None, gt=0)
     optimizer: Literal["adam", "sgd"] | None = None
     weight_decay: float | None = Field(None, ge=0)
+    schedule: Literal["constant", "cosine"] | None = Field(None, description="learning-rate schedule: constant, or cosine decay to 0 over the run")
 
 
 class ModelSpec(BaseModel):

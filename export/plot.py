@@ -20,16 +20,20 @@ def _value(point: Mapping[str, Any], key: str) -> float | None:
     return float(value)
 
 
-def pareto_front(points: Sequence[Mapping[str, Any]], *, x: str, y: str) -> list[int]:
+def pareto_front(points: Sequence[Mapping[str, Any]], *, x: str, y: str, maximize_y: bool = True) -> list[int]:
     """Indices of the points no other point beats: none has lower-or-equal `x` and higher-or-equal
-    `y` with one of them strict. Points missing `x` or `y` are never on the front. Sorted by `x`.
+    `y` (lower-or-equal with `maximize_y=False`, for a cost such as sensitivity) with one of them
+    strict. Points missing `x` or `y` are never on the front. Sorted by `x`.
 
     >>> pts = [{"ms": 1, "acc": 0.5}, {"ms": 2, "acc": 0.7}, {"ms": 3, "acc": 0.6}, {"ms": 2, "acc": 0.4}]
     >>> pareto_front(pts, x="ms", y="acc")
     [0, 1]
+    >>> pareto_front(pts, x="ms", y="acc", maximize_y=False)  # y as a cost: lower is better
+    [0, 3]
     """
+    sign = 1.0 if maximize_y else -1.0
     valid = [(i, _value(p, x), _value(p, y)) for i, p in enumerate(points)]
-    valid = [(i, a, b) for i, a, b in valid if a is not None and b is not None]
+    valid = [(i, a, sign * b) for i, a, b in valid if a is not None and b is not None]
     front = []
     for i, a, b in valid:
         dominated = any((a2 <= a and b2 >= b) and (a2 < a or b2 > b) for _, a2, b2 in valid)
@@ -39,7 +43,8 @@ def pareto_front(points: Sequence[Mapping[str, Any]], *, x: str, y: str) -> list
 
 
 def pareto_plot(path: str | Path, points: Sequence[Mapping[str, Any]], *, x: str, y: str, label_x: str,
-                label_y: str, chosen: int | None = None, title: str = "Pareto front") -> Path:
+                label_y: str, chosen: int | None = None, title: str = "Pareto front",
+                maximize_y: bool = True) -> Path:
     """Scatter of every point, the Pareto front as a step line, `chosen` (an index) circled; PNG or SVG
     by the suffix of `path`. Returns `path`.
 
@@ -62,7 +67,7 @@ def pareto_plot(path: str | Path, points: Sequence[Mapping[str, Any]], *, x: str
     shown = [(a, b) for a, b in xy if a is not None and b is not None]
     if shown:
         ax.scatter(*zip(*shown, strict=True), s=18, color="0.6", label="candidates")
-    front = pareto_front(points, x=x, y=y)
+    front = pareto_front(points, x=x, y=y, maximize_y=maximize_y)
     if front:
         fx, fy = [xy[i][0] for i in front], [xy[i][1] for i in front]
         ax.step(fx, fy, where="post", color="tab:blue", linewidth=1.2)
@@ -74,7 +79,7 @@ def pareto_plot(path: str | Path, points: Sequence[Mapping[str, Any]], *, x: str
     ax.set_ylabel(label_y)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right" if maximize_y else "upper right", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

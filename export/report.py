@@ -28,13 +28,15 @@ _COLUMNS = (
 )
 
 
-def render_markdown(report: Mapping[str, Any]) -> str:
+def render_markdown(report: Mapping[str, Any], *, figures_in_bundles: bool = False) -> str:
     """A Markdown table comparing the models of a report, followed by its notes.
 
     `report` has `recipe` (name), `models` (list of dicts with `name`, `tier`, `target`,
     `precision`, `bytes`, `params`, `macs`, `accuracy` as a fraction, `latency_ms` with
     `latency_threads`, `estimated_latency_ms`; missing values print as a dash) and `notes`.
-    Sizes are compared with the first model, usually the cloud one.
+    Sizes are compared with the first model, usually the cloud one. A model's `figures` (file names
+    in its bundle) are shown after the notes; `figures_in_bundles` links them as
+    `<model name>/<file>`, for the run's report beside the bundle folders.
 
     >>> md = render_markdown({"recipe": "demo", "models": [
     ...     {"name": "cloud", "tier": "cloud", "bytes": 204800, "accuracy": 0.95},
@@ -62,7 +64,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     notes = list(report.get("notes", []))
     if notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
-    return "\n".join(lines) + "\n"
+    shown = [(m, fig) for m in models for fig in m.get("figures", ())]
+    if shown:
+        lines += ["", "## Figures", ""]
+        for model, fig in shown:
+            link = f"{model.get('name')}/{fig}" if figures_in_bundles else fig
+            lines += [f"![{_cell(model.get('name', ''))}: {_cell(fig)}]({link})", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 _LEGEND = (

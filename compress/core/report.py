@@ -8,7 +8,8 @@ except `macs` (counted on the PyTorch model that was exported) and `estimated_la
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 
@@ -68,3 +69,31 @@ class ModelReport:
         data["stages"] = [s.to_dict() for s in self.stages]
         data["notes"] = list(self.notes)
         return data
+
+
+def bundle_figures(stages: list[StageReport]) -> tuple[dict[str, Path], list[StageReport]]:
+    """The figures the stages drew (`summary["figures"]`: `{label: path to a PNG/SVG}`), named for
+    the bundle as `<stage>-<label>`, and the stages with those bundle names in place of the paths
+    (a bundle's report must not point outside the bundle). Missing files are left out.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     png = Path(d) / "p.png"; _ = png.write_bytes(b"png")
+    ...     files, stages = bundle_figures([StageReport("mp", "mixed_precision", {"figures": {"pareto.png": str(png)}})])
+    >>> list(files), stages[0].summary["figures"]
+    (['mp-pareto.png'], {'pareto.png': 'mp-pareto.png'})
+    """
+    files: dict[str, Path] = {}
+    renamed: list[StageReport] = []
+    for stage in stages:
+        figures = stage.summary.get("figures")
+        if not figures:
+            renamed.append(stage)
+            continue
+        names = {}
+        for label, path in figures.items():
+            if Path(path).is_file():
+                names[label] = f"{stage.stage}-{label}"
+                files[names[label]] = Path(path)
+        renamed.append(replace(stage, summary={**stage.summary, "figures": names}))
+    return files, renamed

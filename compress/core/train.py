@@ -34,6 +34,9 @@ class TrainSpec(BaseModel):
     batch_size: int = Field(128, gt=0)
     optimizer: Literal["adam", "sgd"] = "adam"
     weight_decay: float = Field(0.0, ge=0)
+    # cosine: the learning rate falls from `lr` to 0 over all steps (per batch), the usual way to
+    # train to convergence; constant suits short fine-tuning between compression steps
+    schedule: Literal["constant", "cosine"] = "constant"
 
     def patched(self, patch: BaseModel | None) -> TrainSpec:
         """These settings with the fields `patch` sets replaced."""
@@ -74,6 +77,8 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], spec: TrainSpec,
     optimizer = _optimizer(model, spec)
     steps = (len(xs) + spec.batch_size - 1) // spec.batch_size
     task = progress.task(description, total=spec.epochs * steps)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(spec.epochs * steps, 1))
+                 if spec.schedule == "cosine" else None)
     losses, accs = [], []
     for epoch in range(spec.epochs):
         model.train()
@@ -88,6 +93,8 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], spec: TrainSpec,
             loss.backward()
             hooks.after_backward(model)
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             hooks.after_step(model)
             total += float(loss.detach()) * len(idx)
             progress.advance(task)

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -38,6 +39,7 @@ from compress.quant.qat import (
 )
 from compress.quant.sensitivity import loss_sensitivity, monotone
 from compress.targets import Target
+from export.plot import pareto_plot
 
 SENSITIVITY = ("loss change on calibration + validation samples when only that layer's weights are quantized, "
                "measured per layer and width, clipped at 0 and made non-increasing in bits "
@@ -157,6 +159,14 @@ def _point(a: Allocation, budget: Budget, stats: dict[str, LayerStats], target: 
     return point
 
 
+def _plot(path: Path, curve: list[dict[str, Any]], chosen: dict[str, Any]) -> Path:
+    """The sensitivity-size curve (every point an optimal allocation at its budget), the choice circled."""
+    points = [*curve, chosen]
+    return pareto_plot(path, points, x="weights_kb", y="sensitivity", label_x="weights (KiB, as stored)",
+                       label_y="total sensitivity (loss increase)", chosen=len(points) - 1, maximize_y=False,
+                       title="mixed precision: sensitivity vs size")
+
+
 def _sensitivity_data(ctx: Context, samples: int) -> tuple[np.ndarray, np.ndarray]:
     """The calibration split, then the validation split, up to `samples` samples."""
     assert ctx.data is not None
@@ -202,6 +212,8 @@ class MixedPrecision(BaseTechnique):
             "chosen": _point(chosen, budget, stats, ctx.target),
             "pareto": curve,
         })
+        if ctx.workdir is not None:  # a recipe run: the plot ships in the bundle and shows in report.md
+            report["figures"] = {"pareto.png": str(_plot(ctx.workdir / "pareto.png", curve, report["chosen"]))}
         return Result(model, report, export=ExportPlan(exporter="qcdq", per_channel=cfg.per_channel),
                       state=quant_state(specs, relus, act_bits, cfg.per_channel))
 

@@ -38,6 +38,14 @@ def test_recipe_run_and_resume(tiny_recipe, write_recipe, tmp_path):
     assert stage["summary"]["chosen"]["weights_kb"] <= 8 and stage["summary"]["pareto"]
     assert {v["weight_bits"] for v in stage["layers"].values()} <= {2, 4, 8}
     assert end["stages"][0]["layers"]["stem.conv"]["weight_bits"] == 8
+    # the sensitivity-size plot ships in the edge bundle (sha256 in its manifest) and shows in both report.md
+    assert edge["figures"] == ["mixed-pareto.png"] and stage["summary"]["figures"] == {"pareto.png": "mixed-pareto.png"}
+    figure = first.bundles["edge"] / "mixed-pareto.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    manifest = json.loads((first.bundles["edge"] / "manifest.json").read_text())
+    assert manifest["files"]["mixed-pareto.png"]["sha256"] == sha256_file(figure)
+    assert "](mixed-pareto.png)" in (first.bundles["edge"] / "report.md").read_text()
+    assert "](edge/mixed-pareto.png)" in (first.run_dir / "report.md").read_text()
     graph = onnx.load(str(first.bundles["end"] / "model.onnx"))
     assert graph.opset_import[0].version == 21  # INT4 initializers
 
