@@ -102,29 +102,40 @@ class _Exported:
 
 
 def _export_float(model: nn.Module, spec: BundleSpec, example_inputs: tuple[torch.Tensor, ...], x_check: np.ndarray,
-                  tmp: Path, data: Dataset, export_plan: ExportPlan | None) -> _Exported:
-    """torch.onnx fp32 export, checked against the target's tolerance, then the plan's int8 PTQ if any."""
+                  tmp: Path, data: Dataset, export_plan: ExportPlan | None, *, fmt: str) -> _Exported:
+    """fp32 `.onnx` (torch.onnx) or `.tflite` (litert-torch), checked against the target's tolerance, then
+    the plan's static int8 if any: onnxruntime's QDQ quantizer on the ONNX file, PT2E for LiteRT."""
     target = spec.target
-    quantize = export_plan.quantize if export_plan else None
-    fp32_path = export_onnx(model, example_inputs, tmp / "model.fp32.onnx")
-    parity = check_parity(fp32_path, model, x_check, atol=target.tolerance.atol, rtol=target.tolerance.rtol)
+    label = {"onnx": "ONNX", "tflite": ".tflite"}[fmt]
+    if fmt == "tflite":
+        fp32_path = export_tflite(model, example_inputs, tmp / "model.fp32.tflite")
+        check = check_parity_tflite
+    else:
+        fp32_path = export_onnx(model, example_inputs, tmp / "model.fp32.onnx")
+        check = check_parity
+    parity = check(fp32_path, model, x_check, atol=target.tolerance.atol, rtol=target.tolerance.rtol)
     if not parity.passed:
-        raise ParityError(f"fp32 ONNX differs from PyTorch by {parity.max_abs_diff:.3g} (tolerance atol "
+        raise ParityError(f"fp32 {label} differs from PyTorch by {parity.max_abs_diff:.3g} (tolerance atol "
                           f"{target.tolerance.atol}, rtol {target.tolerance.rtol})", where=spec.name,
                           fix="report this model; an operator exports differently from its PyTorch meaning")
+    quantize = export_plan.quantize if export_plan else None
     if quantize is None:
         return _Exported(fp32_path, parity, "fp32", "fp32")
     if quantize != "int8_static":  # pragma: no cover - ExportPlan values come from registered techniques
         raise EdgetierError(f"unknown export quantization {quantize!r}")
     calib = data.calib.x[:export_plan.calib_samples]
-    final_path = quantize_int8_static(fp32_path, tmp / "model.onnx", calib, per_channel=export_plan.per_channel)
-    parity = check_parity(final_path, model, x_check, atol=float("inf"), rtol=float("inf"))
+    if fmt == "tflite":
+        final_path = export_tflite(model, example_inputs, tmp / "model.tflite", calib=calib,
+                                   per_channel=export_plan.per_channel)
+    else:
+        final_path = quantize_int8_static(fp32_path, tmp / "model.onnx", calib, per_channel=export_plan.per_channel)
+    parity = check(final_path, model, x_check, atol=float("inf"), rtol=float("inf"))
     need = target.tolerance.quantized_top1_agreement
     if parity.top1_agreement < need:
-        raise ParityError(f"int8 ONNX agrees with PyTorch on top-1 for {parity.top1_agreement:.1%} of "
+        raise ParityError(f"int8 {label} agrees with PyTorch on top-1 for {parity.top1_agreement:.1%} of "
                           f"{len(x_check)} test samples, below the target's {need:.0%}", where=spec.name,
                           fix="skip ptq_int8 for this variant or fine-tune with quantization-aware training")
-    return _Exported(final_path, parity, "int8", "int8")
+    return _Exported(final_path, parity, "int8", "int8", {"fp32_bytes": fp32_path.stat().st_size})
 
 
 def _export_qcdq(model: nn.Module, spec: BundleSpec, example_inputs: tuple[torch.Tensor, ...], x_check: np.ndarray,
@@ -158,31 +169,6 @@ def _export_qcdq(model: nn.Module, spec: BundleSpec, example_inputs: tuple[torch
     return _Exported(out.path, parity, out.precision, compute, extra)
 
 
-def _export_tflite(model: nn.Module, spec: BundleSpec, example_inputs: tuple[torch.Tensor, ...], x_check: np.ndarray,
-                   tmp: Path, data: Dataset, export_plan: ExportPlan | None) -> _Exported:
-    """litert-torch fp32 .tflite, checked against the target's tolerance, then PT2E static int8 if the plan asks."""
-    target = spec.target
-    fp32_path = export_tflite(model, example_inputs, tmp / "model.fp32.tflite")
-    parity = check_parity_tflite(fp32_path, model, x_check, atol=target.tolerance.atol, rtol=target.tolerance.rtol)
-    if not parity.passed:
-        raise ParityError(f"fp32 .tflite differs from PyTorch by {parity.max_abs_diff:.3g} (tolerance atol "
-                          f"{target.tolerance.atol}, rtol {target.tolerance.rtol})", where=spec.name,
-                          fix="report this model; an operator converts differently from its PyTorch meaning")
-    quantize = export_plan.quantize if export_plan else None
-    if quantize is None:
-        return _Exported(fp32_path, parity, "fp32", "fp32")
-    calib = data.calib.x[:export_plan.calib_samples]
-    final_path = export_tflite(model, example_inputs, tmp / "model.tflite", calib=calib,
-                               per_channel=export_plan.per_channel)
-    parity = check_parity_tflite(final_path, model, x_check, atol=float("inf"), rtol=float("inf"))
-    need = target.tolerance.quantized_top1_agreement
-    if parity.top1_agreement < need:
-        raise ParityError(f"int8 .tflite agrees with PyTorch on top-1 for {parity.top1_agreement:.1%} of "
-                          f"{len(x_check)} test samples, below the target's {need:.0%}", where=spec.name,
-                          fix="skip ptq_int8 for this variant or fine-tune with quantization-aware training")
-    return _Exported(final_path, parity, "int8", "int8", {"fp32_bytes": fp32_path.stat().st_size})
-
-
 _CODEBOOK_KINDS = ("cluster", "hash_share")
 
 
@@ -205,8 +191,7 @@ def _export_as(fmt: str, model: nn.Module, spec: BundleSpec, example_inputs: tup
             notes.append(f"LiteRT has no codebook / hashed weight storage: the weights of {', '.join(shared)} are "
                          "stored dense in the .tflite (the shared values survive only in its compressed size)")
             model = densified(model)  # litert-torch cannot lower the in-graph rebuild (bit shifts, gathers)
-        return _export_tflite(model, spec, example_inputs, x_check, tmp, data, export_plan)
-    return _export_float(model, spec, example_inputs, x_check, tmp, data, export_plan)
+    return _export_float(model, spec, example_inputs, x_check, tmp, data, export_plan, fmt=fmt)
 
 
 def _estimated_ms(spec: BundleSpec, exported: _Exported, *, fmt: str, macs: int, weight_bytes: int, act_bytes: int,
