@@ -1,7 +1,8 @@
 """Export a model with early exits as segments plus a policy, calibrate it, and measure it.
 
-Each segment is exported to its own ONNX file and checked against PyTorch; thresholds are
-calibrated on the validation split with the exported segments in onnxruntime; accuracy, the
+Each segment is exported to its own file in the target's format (.onnx, or .tflite for LiteRT
+targets) and checked against PyTorch; thresholds are calibrated on the validation split with the
+exported segments in their runtime; accuracy, the
 share of samples leaving at each exit, mean MACs per sample and the expected batch-1 latency
 are measured on the test split with the same progressive runtime a device uses.
 """
@@ -27,10 +28,11 @@ from compress.exits.segments import split
 from compress.targets.latency import estimate_latency
 from export.bundle import write_bundle
 from export.errors import ParityError
-from export.measure import compressed_bytes, latency_ms, onnx_stats
+from export.measure import compressed_bytes, latency_ms, model_stats
 from export.onnx import check_parity, export_onnx
 from export.report import render_markdown
-from export.runtime import make_session, run_all_exits, run_segments
+from export.runtime import open_model, run_all_exits, run_segments
+from export.tflite import check_parity_tflite, export_tflite
 
 
 def deploy_exits(model: EarlyExitModel, spec: BundleSpec, *, data: Dataset, example_inputs: tuple[torch.Tensor, ...],
@@ -42,9 +44,9 @@ def deploy_exits(model: EarlyExitModel, spec: BundleSpec, *, data: Dataset, exam
              f"{len(model.exits) + 1} segments plus a threshold policy in the manifest"]
     if export_plan is not None and export_plan.quantize:
         notes.append("ptq_int8 is not applied to segmented exports yet: the segments are fp32")
-    if "tflite" in spec.export_formats:
-        notes.append(f"target {target.name} runs {target.runtime}, but early-exit segments are exported as ONNX only "
-                     "for now: the segments were run and measured in onnxruntime")
+    fmt = spec.export_formats[0]  # the segments take the target's format; added formats are not made for them
+    if len(spec.export_formats) > 1:
+        notes.append(f"segmented exports carry one format: {fmt} (not {', '.join(spec.export_formats[1:])})")
     segments = split(model)
     specs, files, seg_macs = [], {}, []
     with tempfile.TemporaryDirectory(prefix="edgetier-exits-") as tmp:
@@ -52,12 +54,18 @@ def deploy_exits(model: EarlyExitModel, spec: BundleSpec, *, data: Dataset, exam
         check = torch.from_numpy(data.test.x[:PARITY_SAMPLES])
         for k, segment in enumerate(segments):
             last = k == len(segments) - 1
-            name = f"segment_{k}.onnx"
+            name = f"segment_{k}.{fmt}"
             # distinct names per cut: an input and an output of one graph may not share a name
             inputs = "input" if k == 0 else f"features_{k - 1}"
             outputs = ["logits"] if last else [f"exit_logits_{k}", f"features_{k}"]
-            path = export_onnx(segment.eval(), (feed,), Path(tmp) / name, input_name=inputs, output_name=outputs)
-            parity = check_parity(path, segment, check.numpy(), atol=target.tolerance.atol, rtol=target.tolerance.rtol)
+            if fmt == "tflite":  # outputs in the module's order (exit logits, features), as the runtime reads them
+                path = export_tflite(segment.eval(), (feed,), Path(tmp) / name)
+                parity = check_parity_tflite(path, segment, check.numpy(), atol=target.tolerance.atol,
+                                             rtol=target.tolerance.rtol)
+            else:
+                path = export_onnx(segment.eval(), (feed,), Path(tmp) / name, input_name=inputs, output_name=outputs)
+                parity = check_parity(path, segment, check.numpy(), atol=target.tolerance.atol,
+                                      rtol=target.tolerance.rtol)
             if not parity.passed:
                 raise ParityError(f"segment {k} differs from PyTorch by {parity.max_abs_diff:.3g}", where=spec.name,
                                   fix="report this model; an operator exports differently from its PyTorch meaning")
@@ -67,7 +75,7 @@ def deploy_exits(model: EarlyExitModel, spec: BundleSpec, *, data: Dataset, exam
                     feed, check = segment(feed)[1], segment(check)[1]
             specs.append({"file": name, "input": inputs, "outputs": outputs})
             files[name] = path
-        sessions = [make_session(files[s["file"]], threads=2) for s in specs]
+        sessions = [open_model(files[s["file"]], threads=2) for s in specs]
         policy = model.policy
         val = run_all_exits(sessions, specs, data.val.x)
         try:
@@ -87,7 +95,7 @@ def deploy_exits(model: EarlyExitModel, spec: BundleSpec, *, data: Dataset, exam
         share = np.array(metrics["exit_share"])
         total_bytes = sum(files[s["file"]].stat().st_size for s in specs)
         full_macs = int(sum(seg_macs))
-        stats = [onnx_stats(files[s["file"]]) for s in specs]
+        stats = [model_stats(files[s["file"]]) for s in specs]
         estimate = estimate_latency(target, macs=int(metrics["mean_macs"]), weight_bytes=total_bytes,
                                     activation_bytes=0, precision="fp32") if "fp32" in target.supported_precisions \
             else None
@@ -99,7 +107,7 @@ def deploy_exits(model: EarlyExitModel, spec: BundleSpec, *, data: Dataset, exam
         figures, stages = bundle_figures(stages)  # plots the stages drew ship inside the bundle
         files.update(figures)
         entry = ModelReport(
-            name=spec.name, target=target.name, tier=target.tier, runtime="onnxruntime", format="onnx",
+            name=spec.name, target=target.name, tier=target.tier, runtime="litert" if fmt == "tflite" else "onnxruntime", format=fmt,
             precision="fp32", bytes=total_bytes, compressed_bytes=sum(compressed_bytes(files[s["file"]]) for s in specs),
             params=sum(s["params"] for s in stats), torch_params=count_params(model),
             nonzero_params=count_nonzero(model), macs=int(round(metrics["mean_macs"])),
@@ -113,7 +121,7 @@ def deploy_exits(model: EarlyExitModel, spec: BundleSpec, *, data: Dataset, exam
         if figures:
             entry["figures"] = sorted(figures)
         manifest = _manifest(spec, data, example_inputs, "fp32", export_plan)
-        manifest["model"] = {"format": "onnx", "precision": "fp32", "segments": specs}
+        manifest["model"] = {"format": fmt, "precision": "fp32", "segments": specs}
         manifest["exits"] = exits
         report = {"recipe": spec.recipe_name, "models": [entry], "notes": list(entry["notes"])}
         write_bundle(out_dir, files=files, manifest=manifest, report=report, report_md=render_markdown(report))

@@ -105,7 +105,8 @@ def _short_tensor_names(data: bytes) -> bytes:
 
     model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
     for graph in model.subgraphs or []:
-        keep = set(graph.inputs or []) | set(graph.outputs or [])
+        # the object API gives index lists as numpy arrays (no truth value): test against None
+        keep = {int(i) for ids in (graph.inputs, graph.outputs) if ids is not None for i in ids}
         for i, tensor in enumerate(graph.tensors or []):
             if i not in keep:
                 tensor.name = f"t{i}".encode()

@@ -152,7 +152,9 @@ def test_pipeline_exports_segments_and_the_runtime_runs_the_policy(tiny_recipe, 
     result = compress.run(recipe, out_dir=tmp_path / "runs")
     entry = result.models[-1]
     bundle = runtime.load(result.bundles["end"])
-    assert [s["file"] for s in bundle.manifest["model"]["segments"]] == [f"segment_{k}.onnx" for k in range(3)]
+    # rpi4 runs LiteRT: the segments are .tflite files, run by the same progressive runtime
+    assert [s["file"] for s in bundle.manifest["model"]["segments"]] == [f"segment_{k}.tflite" for k in range(3)]
+    assert entry["format"] == "tflite" and entry["runtime"] == "litert"
     assert [e["after"] for e in bundle.exits] == ["layer1", "layer2"]
     data = compress.datasets.load("digits", seed=0)
     logits, taken = bundle.predict(data.test.x, batch_size=64, return_exits=True)
@@ -164,7 +166,8 @@ def test_pipeline_exports_segments_and_the_runtime_runs_the_policy(tiny_recipe, 
     assert entry["macs"] <= entry["exits"]["full_macs"]
 
 
-def test_runtime_exit_decisions_equal_the_pytorch_policy(tmp_path):
+@pytest.mark.parametrize("target", ["rpi4", "jetson_orin_nano"])  # LiteRT (.tflite) and onnxruntime (.onnx) segments
+def test_runtime_exit_decisions_equal_the_pytorch_policy(tmp_path, target):
     from compress.core.train import TrainSpec, fit
     from compress.deploy import BundleSpec
     from compress.deploy_exits import deploy_exits
@@ -177,10 +180,11 @@ def test_runtime_exit_decisions_equal_the_pytorch_policy(tmp_path):
     result = compress.apply(model, EarlyExitConfig(after=("layer1", "layer2"), criterion="confidence",
                                                    exit_rate=0.3))
     fit(result.model, data.train, TrainSpec(epochs=2, lr=0.01, batch_size=64), hooks=result.hooks)
-    spec = BundleSpec("end", load_target("rpi4"), "t", "0" * 64, 0)
+    spec = BundleSpec("end", load_target(target), "t", "0" * 64, 0)
     deploy_exits(result.model, spec, data=data, example_inputs=result.model.example_inputs(), export_plan=None,
                  stages=[], out_dir=tmp_path / "end")
     bundle = runtime.load(tmp_path / "end")
+    assert bundle.manifest["model"]["format"] == {"rpi4": "tflite", "jetson_orin_nano": "onnx"}[target]
     _, taken = bundle.predict(data.test.x, return_exits=True)
     with torch.no_grad():
         logits = [t.numpy() for t in result.model.eval().all_logits(torch.from_numpy(data.test.x))]
