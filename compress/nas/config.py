@@ -74,8 +74,11 @@ class NASConfig(TechniqueConfig):
 
     kind: Literal["nas"] = "nas"
     space: SpaceSpec = Field(default_factory=SpaceSpec)
-    strategy: Literal["random", "evolution"] = Field("evolution", description="NNI strategy")
-    trials: int = Field(20, ge=1, description="candidates trained (rejected ones do not count)")
+    strategy: Literal["random", "evolution", "spos"] = Field(
+        "evolution", description="random / evolution: NNI's Random / RegularizedEvolution, each candidate trained "
+                                 "by the proxy; spos: single-path one-shot (compress/nas/oneshot.py), a weight-sharing "
+                                 "supernet trained once, then evolution scoring candidates with inherited weights")
+    trials: int = Field(20, ge=1, description="candidates trained (spos: scored; rejected ones do not count)")
     population: int = Field(8, ge=2, description="evolution: population size (first ones random)")
     sample_size: int = Field(4, ge=1, description="evolution: tournament size")
     mutation_prob: float = Field(0.3, gt=0, le=1, description="evolution: chance to resample each choice")
@@ -84,7 +87,8 @@ class NASConfig(TechniqueConfig):
                                              "depend on the number of workers")
     budget: Budget = Field(default_factory=Budget)
     proxy: ProxySpec = Field(default_factory=ProxySpec)
-    supernet_epochs: int = Field(6, ge=1, description="spos: epochs of supernet training")
+    supernet_epochs: int = Field(6, ge=1, description="spos: epochs of supernet training (proxy samples, lr, "
+                                                       "batch size); spos runs in-process, whatever `executor`")
     executor: Literal["inprocess", "ray"] = Field("inprocess", description="where trials train")
     address: str | None = Field(None, description="ray: an existing cluster ('auto', 'ray://host:10001'); "
                                                   "None starts a local instance")

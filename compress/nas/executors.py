@@ -19,7 +19,7 @@ OnDone = Callable[[int, float], None]
 
 
 class InProcessExecutor:
-    """Trials run here, sequentially, with the process's torch threads."""
+    """Trials run here, sequentially (each on one torch thread, as on a Ray worker; see `trial`)."""
 
     def __init__(self, train: Split, val: Split, common: dict[str, Any]) -> None:
         self.train, self.val, self.common = train, val, common
@@ -82,7 +82,7 @@ class RayExecutor:
         self._task = ray.remote(num_cpus=1)(run_trial)
         # The splits go to the object store once, not with every task.
         self._train, self._val = ray.put(train), ray.put(val)
-        self.common = {**common, "threads": 1}
+        self.common = common
 
     def map(self, jobs: list[Job], on_done: OnDone) -> list[float]:
         ray = self._ray

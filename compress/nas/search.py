@@ -32,6 +32,7 @@ class SearchOutcome:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     from_journal: int = 0
     trained_here: int = 0
+    model: Any = None  # spos: the chosen candidate with its supernet weights (others retrain it)
 
 
 @contextmanager
@@ -47,6 +48,7 @@ def _quiet_nni() -> Iterator[None]:
 
 
 def _strategy(config: NASConfig, seed: int) -> Random | RegularizedEvolution:
+    """NNI's strategy; spos evolves over its supernet, so it takes regularized evolution too."""
     if config.strategy == "random":
         return Random(dedup=True, seed=seed)
     population = min(config.population, config.trials)
@@ -56,9 +58,10 @@ def _strategy(config: NASConfig, seed: int) -> Random | RegularizedEvolution:
 
 def run_search(config: NASConfig, cost: CostModel, *, train: Split, val: Split, seed: int, channel_multiple: int,
                journal_path: Path | None, fingerprint: str, executor: str | None = None,
-               progress: Progress | None = None) -> SearchOutcome:
+               progress: Progress | None = None, runner: Any = None) -> SearchOutcome:
     """Search with NNI's random or regularized-evolution strategy; trials train in generations of
-    `config.batch` on the chosen executor. Finished trials found in the journal are not retrained."""
+    `config.batch` on the chosen executor (or score on `runner`, e.g. spos's supernet). Finished
+    trials found in the journal are not retrained."""
     progress = progress or SilentProgress()
     space = SearchSpace(config.space, cost, channel_multiple=channel_multiple)
     journal = Journal(journal_path, fingerprint=fingerprint)
@@ -66,8 +69,9 @@ def run_search(config: NASConfig, cost: CostModel, *, train: Split, val: Split, 
     kind = executor or config.executor
     if kind not in ("inprocess", "ray"):
         raise EdgetierError(f"unknown executor {kind!r}", where="executor", fix="use inprocess or ray")
-    runner = (RayExecutor(train, val, common, address=config.address, workers=config.workers) if kind == "ray"
-              else InProcessExecutor(train, val, common))
+    if runner is None:
+        runner = (RayExecutor(train, val, common, address=config.address, workers=config.workers) if kind == "ray"
+                  else InProcessExecutor(train, val, common))
     task = progress.task("nas: trials", total=config.trials)
     engine = BatchEngine(runner, journal, arch_of=space.arch, trials=config.trials, batch=config.batch, seed=seed,
                          on_trial=lambda: progress.advance(task))

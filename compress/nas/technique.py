@@ -1,7 +1,8 @@
 """`kind: nas` — hardware-aware architecture search; the chosen architecture becomes the variant's model.
 
 The model that `apply` returns is the chosen architecture with the weights of its proxy training
-(retrained here from the trial's seed, so in-process and Ray searches return the same weights);
+(retrained here from the trial's seed, so in-process and Ray searches return the same weights;
+with `strategy: spos`, the weights it inherits from the supernet, see `compress/nas/oneshot.py`);
 the stage's `train:` block then trains it further on the whole train split, and later stages
 (prune, quantize, exits, distill) work on it like on any reference model.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,11 +68,12 @@ class NAS(BaseTechnique):
                                 where="with.budget", fix="raise the budget or allow smaller choices in `space`")
         chosen = best_candidate(outcome.trained)
         best = outcome.trained[chosen]
-        result_model = train_candidate(best["arch"], train, config.proxy.model_dump(), seed=best["seed"],
-                                       input_shape=tuple(data.input_shape), num_classes=data.num_classes)
+        result_model = outcome.model if outcome.model is not None else train_candidate(
+            best["arch"], train, config.proxy.model_dump(), seed=best["seed"], input_shape=tuple(data.input_shape),
+            num_classes=data.num_classes)
         report = _report(config, outcome, chosen)
         if ctx.workdir is not None:
-            report["notes"] = [_plots(ctx.workdir, outcome, chosen, target.name if target else "")]
+            report["figures"] = _plots(ctx.workdir, outcome, chosen, target.name if target else "")
         state = {"arch": best["arch"], "input_shape": list(data.input_shape), "num_classes": data.num_classes}
         return Result(result_model, report, state=state)
 
@@ -102,20 +103,22 @@ def _report(config: NASConfig, outcome: SearchOutcome, chosen: int) -> dict[str,
             "chosen": {"index": chosen, "arch": arch_key(best["arch"]), "accuracy": best["accuracy"],
                        "params": best["params"], "bytes": best["bytes"], "macs": best["macs"],
                        "latency_ms": best["latency_ms"]},
-            "budget": config.budget.model_dump(), "candidates": candidates}
+            "budget": config.budget.model_dump(), "candidates": candidates,
+            "note": f"{config.strategy} searched {len(outcome.trained)} candidates ({len(outcome.rejected)} over "
+                    f"budget, rejected before {'scoring' if config.strategy == 'spos' else 'training'}); chosen "
+                    f"{arch_key(best['arch'])} at {best['accuracy']:.1%} proxy val accuracy"}
 
 
-def _plots(workdir: Path, outcome: SearchOutcome, chosen: int, target: str) -> str:
-    """Two Pareto plots in the stage folder; the note links them relative to the run folder
-    (`<run>/checkpoints/<variant>/<stage>/`, see `Context.workdir`), where the run's report.md is."""
+def _plots(workdir: Path, outcome: SearchOutcome, chosen: int, target: str) -> dict[str, str]:
+    """Two Pareto plots in the stage folder, as `{label: path}` under the summary's `figures`: the
+    deploy step copies them into each bundle (covered by the manifest's sha256) and links them from
+    the bundle's report.md and the run's report.md (see `compress.core.report.bundle_figures`)."""
     points = [{"accuracy": c["accuracy"], "latency_ms": c["latency_ms"], "kib": c["bytes"] / 1024}
               for c in outcome.trained]
-    links = []
+    figures = {}
     for name, x, label in (("pareto_latency.png", "latency_ms", f"estimated latency on {target} (ms)"),
                            ("pareto_size.png", "kib", "weights (KiB)")):
         path = pareto_plot(workdir / name, points, x=x, y="accuracy", label_x=label, label_y="proxy val accuracy",
                            chosen=chosen, title=f"NAS: {len(points)} candidates")
-        run_dir = workdir.parents[2] if len(workdir.parents) > 2 else workdir
-        links.append(f"![{name[:-4]}]({Path(os.path.relpath(path, run_dir)).as_posix()})")
-    return f"searched {len(outcome.trained)} candidates ({len(outcome.rejected)} over budget, rejected before " \
-           f"training); chosen {arch_key(outcome.trained[chosen]['arch'])}: " + " ".join(links)
+        figures[name] = str(path)
+    return figures

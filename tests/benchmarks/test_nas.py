@@ -7,7 +7,10 @@
   (lr 5e-4): 15 epochs in all.
 - The search: 30 trials of NNI's regularized evolution under rpi4's budget — the storage budget and
   at most the reference's estimated latency (the same roofline the report uses, fp32 both); each
-  candidate trains 5 epochs on 3,500 training samples and is scored on the validation split.
+  candidate trains 6 epochs on the whole train split (7,000) and is scored on the validation split.
+  Measured (2 shared cores) with bit-identical trials: 5 epochs x 3,500 samples chose a model at
+  97.05 % test, 6 epochs x 7,000 one at 97.25 %, against the reference's 97.60 % — a gap of 7-11 of
+  2,000 test samples, about one standard error (0.4 %); bar 2 held in both.
 - The chosen architecture is then trained from scratch with the reference's schedule (12 + 3
   epochs), so the comparison spends the same number of epochs on both final models.
 - Accuracy and estimated latency of both are measured on their exported ONNX files (`measure`).
@@ -43,7 +46,7 @@ def _search_config(max_latency_ms: float, executor: str) -> NASConfig:
                      space={"family": "resnet1d", "width": 32, "depth": [1, 2], "width_mult": [0.25, 0.5, 0.75, 1.0],
                             "kernel": [3, 5, 7], "expansion": [0.5, 1.0]},
                      budget={"max_latency_ms": max_latency_ms, "precision": "fp32"},
-                     proxy={"epochs": 5, "samples": 3500, "lr": 3e-3, "batch_size": 128},
+                     proxy={"epochs": 6, "samples": None, "lr": 3e-3, "batch_size": 128},
                      executor=executor, workers=2)
 
 
@@ -82,8 +85,14 @@ def test_evolution_beats_the_hand_sized_end_model_and_ray_agrees(mnist1d: Datase
     print(f"search: {len(trained)} trials, {result.report['rejected']} rejected before training, {search_s:.0f} s "
           f"in-process, {ray_s:.0f} s on Ray (2 workers, includes Ray start-up); Ray chose "
           f"{on_ray.report['chosen']['arch']}")
+    here = [c["accuracy"] for c in result.report["candidates"]]
+    there = [c["accuracy"] for c in on_ray.report["candidates"]]
+    print("proxy val accuracy per trial, in-process:", " ".join(f"{a:.3f}" for a in here if a is not None))
+    print("proxy val accuracy per trial, on Ray:    ", " ".join(f"{a:.3f}" for a in there if a is not None))
+    differ = [i for i, (a, b) in enumerate(zip(here, there, strict=False)) if a != b]
+    print(f"first trial that differs: {differ[0] if differ else None} (of {len(here)} candidates)")
     assert len(trained) == 30
     assert found["accuracy"] >= ref["accuracy"]
     assert found["estimated_latency_ms"] <= ref["estimated_latency_ms"]
     assert on_ray.state["arch"] == chosen
-    assert [c["accuracy"] for c in on_ray.report["candidates"]] == [c["accuracy"] for c in result.report["candidates"]]
+    assert there == here  # bit-identical trials (see compress/nas/trial.py), so no tolerance

@@ -19,7 +19,7 @@ def test_empty_search_space_says_which_choice_is_empty() -> None:
 
 
 def test_unknown_strategy_lists_the_valid_ones() -> None:
-    with pytest.raises(ValidationError, match="'random' or 'evolution'"):
+    with pytest.raises(ValidationError, match="'random', 'evolution' or 'spos'"):
         NASConfig.from_dict(tiny_config(strategy="grid"))
 
 

@@ -3,6 +3,7 @@ Pareto plots are linked from report.md, and `--resume` rebuilds the chosen archi
 
 from __future__ import annotations
 
+import json
 import re
 
 import compress
@@ -27,6 +28,12 @@ def test_recipe_with_a_nas_stage_runs_reports_and_resumes(tiny_recipe, write_rec
     report_md = (first.run_dir / "report.md").read_text()
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report_md)
     assert len(links) == 2 and all((first.run_dir / link).is_file() for link in links)
+    # the bundle is self-contained: its own report.md links the plots inside it, the manifest covers them
+    bundle = first.bundles["edge"]
+    inside = re.findall(r"!\[[^]]*\]\(([^)]+)\)", (bundle / "report.md").read_text())
+    files = json.loads((bundle / "manifest.json").read_text())["files"]
+    assert sorted(inside) == ["search-pareto_latency.png", "search-pareto_size.png"]
+    assert all(files[name]["sha256"] == sha256_file(bundle / name) for name in inside)
     assert (first.run_dir / "checkpoints" / "edge" / "00-search" / "trials.jsonl").is_file()
 
     logs: list[str] = []

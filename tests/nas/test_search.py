@@ -38,7 +38,7 @@ def test_evolution_search_is_deterministic_within_budget_and_returns_the_best(cl
     accuracy = compress.core.train.evaluate(first.model, digits.val)
     assert accuracy == report["chosen"]["accuracy"]
     assert (tmp_path / "a" / "pareto_latency.png").stat().st_size > 1000
-    assert "pareto_size.png" in report["notes"][0]
+    assert report["figures"]["pareto_size.png"] == str(tmp_path / "a" / "pareto_size.png")
 
 
 def test_completion_order_does_not_change_the_search(cloud, digits, monkeypatch) -> None:
