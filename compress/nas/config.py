@@ -63,6 +63,8 @@ class ProxySpec(_Strict):
     samples: int | None = Field(2000, ge=1, description="train samples used (None: all)")
     lr: float = Field(3e-3, gt=0)
     batch_size: int = Field(128, ge=1)
+    schedule: Literal["constant", "cosine"] = Field(
+        "cosine", description="learning-rate schedule of the proxy training (cosine: a short run still converges)")
 
 
 class NASConfig(TechniqueConfig):

@@ -69,7 +69,8 @@ def train_candidate(arch: Arch, train: Split, proxy: dict[str, Any], *, seed: in
     """The candidate initialised from `seed` and trained `proxy["epochs"]` epochs on `train`: the same
     weights, bit for bit, in any process (see the module docstring)."""
     model = build_arch(arch, input_shape=input_shape, num_classes=num_classes, seed=seed)
-    spec = TrainSpec(epochs=proxy["epochs"], lr=proxy["lr"], batch_size=proxy["batch_size"])
+    spec = TrainSpec(epochs=proxy["epochs"], lr=proxy["lr"], batch_size=proxy["batch_size"],
+                     schedule=proxy.get("schedule", "constant"))
     with fixed_threads():
         fit(model, canonical(train), spec, seed=seed)
     return model

@@ -37,8 +37,9 @@ from tests.benchmarks.conftest import SEED, measure
 
 pytestmark = pytest.mark.benchmark
 
-FIRST = TrainSpec(epochs=12, lr=3e-3, batch_size=128)
-TUNE = TrainSpec(epochs=3, lr=5e-4, batch_size=128)
+# both final models train on the same schedule, cosine decay in each phase
+FIRST = TrainSpec(epochs=12, lr=3e-3, batch_size=128, schedule="cosine")
+TUNE = TrainSpec(epochs=3, lr=5e-4, batch_size=128, schedule="cosine")
 
 
 def _search_config(max_latency_ms: float, executor: str) -> NASConfig:
@@ -46,7 +47,7 @@ def _search_config(max_latency_ms: float, executor: str) -> NASConfig:
                      space={"family": "resnet1d", "width": 32, "depth": [1, 2], "width_mult": [0.25, 0.5, 0.75, 1.0],
                             "kernel": [3, 5, 7], "expansion": [0.5, 1.0]},
                      budget={"max_latency_ms": max_latency_ms, "precision": "fp32"},
-                     proxy={"epochs": 6, "samples": None, "lr": 3e-3, "batch_size": 128},
+                     proxy={"epochs": 6, "samples": None, "lr": 3e-3, "batch_size": 128, "schedule": "cosine"},
                      executor=executor, workers=2)
 
 
