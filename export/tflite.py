@@ -17,6 +17,7 @@ size ratio about the weights.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import warnings
 from collections.abc import Iterator
@@ -52,7 +53,8 @@ def export_tflite(
     ...     export_tflite(torch.nn.Linear(4, 3), (torch.zeros(1, 4),), pathlib.Path(d) / "m.tflite").name
     'm.tflite'
     """
-    import litert_torch  # heavy (jax, MLIR): imported only when a .tflite is asked for
+    with _quiet_import():
+        import litert_torch  # heavy (jax, MLIR): imported only when a .tflite is asked for
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,6 +115,25 @@ def _short_tensor_names(data: bytes) -> bytes:
     builder = flatbuffers.Builder(len(data))
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
+
+
+@contextlib.contextmanager
+def _quiet_import() -> Iterator[None]:
+    """Importing litert-torch imports torchao, which logs a warning for each CUDA kernel library it
+    cannot load on a CPU-only machine, and torch logs a deprecation about one of torchao's enums:
+    noise for the user, nothing wrong. Silenced for the import only. The converter's C++ logging
+    (absl: "Estimated count of arithmetic ops") reads TF_CPP_MIN_LOG_LEVEL when it loads: warnings
+    and up stay visible, and a level the user set is kept."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 @contextlib.contextmanager
