@@ -11,8 +11,14 @@
   Measured (2 shared cores) with bit-identical trials: 5 epochs x 3,500 samples chose a model at
   97.05 % test, 6 epochs x 7,000 one at 97.25 %, against the reference's 97.60 % — a gap of 7-11 of
   2,000 test samples, about one standard error (0.4 %); bar 2 held in both.
-- The chosen architecture is then trained from scratch with the reference's schedule (12 + 3
-  epochs), so the comparison spends the same number of epochs on both final models.
+- The chosen architecture is then retrained from scratch for the same 15 epochs, as one run with
+  cosine decay (the usual final training of a searched model); the reference keeps the quickstart's
+  schedule, its better one (95.00 % with cosine decay in both phases). Last run (2 shared cores):
+  reference 97.60 % at 0.2142 ms; chosen `s16 | d1 w16 m16 k3 | d1 w32 m16 k3 | d2 w16 m8 k3` at
+  0.2110 ms, 7,498 params, 79,520 MACs, 97.10 % — bar 1 NOT met (-0.5 pt); Ray chose the same
+  architecture with bit-identical trials (bar 2 met). With the reference's own 12 + 3 schedule the
+  chosen models reached 97.25 % (constant-rate proxy) and 96.55 %: the reference, pruned from a
+  trained model twice as wide, is a strong baseline for a from-scratch architecture at this size.
 - Accuracy and estimated latency of both are measured on their exported ONNX files (`measure`).
 - The same search on a local 2-CPU Ray instance must choose the same architecture.
 """
@@ -37,9 +43,12 @@ from tests.benchmarks.conftest import SEED, measure
 
 pytestmark = pytest.mark.benchmark
 
-# both final models train on the same schedule, cosine decay in each phase
-FIRST = TrainSpec(epochs=12, lr=3e-3, batch_size=128, schedule="cosine")
-TUNE = TrainSpec(epochs=3, lr=5e-4, batch_size=128, schedule="cosine")
+# the reference trains exactly as the quickstart trains its end model (constant rates: with cosine
+# decay in both phases it reached only 95.00 %, so the reference keeps its better schedule)
+FIRST = TrainSpec(epochs=12, lr=3e-3, batch_size=128)
+TUNE = TrainSpec(epochs=3, lr=5e-4, batch_size=128)
+# the searched architecture is retrained from scratch for the same 15 epochs, in one cosine run
+SCRATCH = TrainSpec(epochs=15, lr=3e-3, batch_size=128, schedule="cosine")
 
 
 def _search_config(max_latency_ms: float, executor: str) -> NASConfig:
@@ -69,8 +78,7 @@ def test_evolution_beats_the_hand_sized_end_model_and_ray_agrees(mnist1d: Datase
     search_s = time.perf_counter() - start
     chosen = result.state["arch"]
     model = build_arch(chosen, input_shape=mnist1d.input_shape, num_classes=mnist1d.num_classes, seed=SEED)
-    fit(model, mnist1d.train, FIRST, seed=SEED)
-    fit(model, mnist1d.train, TUNE, seed=SEED)
+    fit(model, mnist1d.train, SCRATCH, seed=SEED)
     found = measure(model, mnist1d, tmp_path, name="nas")
 
     start = time.perf_counter()
