@@ -89,6 +89,11 @@ class NASConfig(TechniqueConfig):
                                              "depend on the number of workers")
     budget: Budget = Field(default_factory=Budget)
     proxy: ProxySpec = Field(default_factory=ProxySpec)
+    finalists: int = Field(1, ge=1, description="the best candidates by proxy accuracy retrained on the whole "
+                                                "train split for `final_epochs` and compared on validation; the "
+                                                "most accurate is chosen (a short proxy ranks near-ties noisily)")
+    final_epochs: int | None = Field(None, ge=1, description="epochs of the finalists' training (default: the "
+                                                             "proxy's), same lr, batch size and schedule")
     supernet_epochs: int = Field(6, ge=1, description="spos: epochs of supernet training (proxy samples, lr, "
                                                        "batch size); spos runs in-process, whatever `executor`")
     executor: Literal["inprocess", "ray"] = Field("inprocess", description="where trials train")

@@ -20,10 +20,11 @@ from torch import nn
 from compress.core.context import Context
 from compress.core.errors import EdgetierError
 from compress.core.technique import BaseTechnique, Result
+from compress.core.train import evaluate
 from compress.nas.arch import arch_key, build_arch
 from compress.nas.config import NASConfig
 from compress.nas.costs import CostModel, smallest_arch
-from compress.nas.trial import train_candidate
+from compress.nas.trial import canonical, fixed_threads, train_candidate
 from export.plot import pareto_plot
 
 if TYPE_CHECKING:
@@ -67,11 +68,18 @@ class NAS(BaseTechnique):
             raise EdgetierError(f"the search found no candidate within the budget in {len(outcome.rejected)} samples",
                                 where="with.budget", fix="raise the budget or allow smaller choices in `space`")
         chosen = best_candidate(outcome.trained)
+        finals: list[dict[str, Any]] = []
+        if config.finalists > 1 and outcome.model is None:
+            chosen, result_model, finals = _final_round(config, outcome.trained, data, ctx)
+        else:
+            best = outcome.trained[chosen]
+            result_model = outcome.model if outcome.model is not None else train_candidate(
+                best["arch"], train, config.proxy.model_dump(), seed=best["seed"],
+                input_shape=tuple(data.input_shape), num_classes=data.num_classes)
         best = outcome.trained[chosen]
-        result_model = outcome.model if outcome.model is not None else train_candidate(
-            best["arch"], train, config.proxy.model_dump(), seed=best["seed"], input_shape=tuple(data.input_shape),
-            num_classes=data.num_classes)
         report = _report(config, outcome, chosen)
+        if finals:
+            report["finalists"] = finals
         if ctx.workdir is not None:
             report["figures"] = _plots(ctx.workdir, outcome, chosen, target.name if target else "")
         state = {"arch": best["arch"], "input_shape": list(data.input_shape), "num_classes": data.num_classes}
@@ -81,6 +89,32 @@ class NAS(BaseTechnique):
         """The chosen architecture, freshly built; the pipeline then loads its saved weights."""
         return Result(build_arch(state["arch"], input_shape=tuple(state["input_shape"]),
                                  num_classes=int(state["num_classes"])))
+
+
+def _final_round(config: NASConfig, trained: list[dict[str, Any]], data: Any,
+                 ctx: Context) -> tuple[int, nn.Module, list[dict[str, Any]]]:
+    """Retrain the `finalists` best distinct architectures (by proxy accuracy) on the whole train split
+    for `final_epochs`, each from its trial's seed, and choose the most accurate on validation
+    (ties: the better proxy rank). Runs in-process; the trial code gives the same bits anywhere."""
+    ranked, seen = [], set()
+    for i in sorted(range(len(trained)), key=lambda i: (-trained[i]["accuracy"], trained[i]["macs"], i)):
+        key = arch_key(trained[i]["arch"])
+        if key not in seen:
+            seen.add(key)
+            ranked.append(i)
+    proxy = {**config.proxy.model_dump(), "samples": None,
+             "epochs": config.final_epochs or config.proxy.epochs}
+    finals, models = [], []
+    for i in ranked[:config.finalists]:
+        model = train_candidate(trained[i]["arch"], data.train, proxy, seed=trained[i]["seed"],
+                                input_shape=tuple(data.input_shape), num_classes=data.num_classes)
+        with fixed_threads():
+            accuracy = evaluate(model, canonical(data.val))
+        finals.append({"index": i, "arch": arch_key(trained[i]["arch"]), "proxy_accuracy": trained[i]["accuracy"],
+                       "final_accuracy": accuracy, "epochs": proxy["epochs"]})
+        models.append(model)
+    pick = max(range(len(finals)), key=lambda k: (finals[k]["final_accuracy"], -k))
+    return finals[pick]["index"], models[pick], finals
 
 
 def _fingerprint(config: NASConfig, ctx: Context, multiple: int) -> str:

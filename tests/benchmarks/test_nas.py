@@ -11,9 +11,15 @@
   Measured (2 shared cores) with bit-identical trials: 5 epochs x 3,500 samples chose a model at
   97.05 % test, 6 epochs x 7,000 one at 97.25 %, against the reference's 97.60 % — a gap of 7-11 of
   2,000 test samples, about one standard error (0.4 %); bar 2 held in both.
-- The chosen architecture is then retrained from scratch for the same 15 epochs, as one run with
-  cosine decay (the usual final training of a searched model); the reference keeps the quickstart's
-  schedule, its better one (95.00 % with cosine decay in both phases). Last run (2 shared cores):
+- The 3 best distinct architectures by proxy accuracy (`finalists`) are retrained from scratch for
+  the reference's 15 epochs on the whole train split (one cosine run, the usual final training of a
+  searched model) and the most accurate on validation is chosen; its test accuracy is the number.
+  The reference keeps the quickstart's schedule, its better one (95.00 % with cosine decay in both
+  phases). Last run (2 shared cores): the finalists confirmed the proxy's best,
+  `s16 | d1 w16 m16 k3 | d1 w32 m16 k3 | d2 w16 m8 k3`: 97.95 % test vs the reference's 97.60 %, at
+  0.2110 vs 0.2142 ms estimated, 7,498 vs 8,858 params, 79,520 vs 101,920 MACs; Ray chose the same.
+  The margin is within seed noise: the same architecture and schedule from another initial seed
+  gave 97.10 % in the run before, which retrained the proxy's best from scratch without finalists:
   reference 97.60 % at 0.2142 ms; chosen `s16 | d1 w16 m16 k3 | d1 w32 m16 k3 | d2 w16 m8 k3` at
   0.2110 ms, 7,498 params, 79,520 MACs, 97.10 % — bar 1 NOT met (-0.5 pt); Ray chose the same
   architecture with bit-identical trials (bar 2 met). With the reference's own 12 + 3 schedule the
@@ -34,7 +40,7 @@ import compress
 from compress.core.train import TrainSpec, fit
 from compress.datasets import Dataset
 from compress.models import build
-from compress.nas.arch import arch_key, build_arch
+from compress.nas.arch import arch_key
 from compress.nas.config import NASConfig
 from compress.nas.costs import CostModel
 from compress.prune.structured import StructuredPruneConfig
@@ -47,8 +53,7 @@ pytestmark = pytest.mark.benchmark
 # decay in both phases it reached only 95.00 %, so the reference keeps its better schedule)
 FIRST = TrainSpec(epochs=12, lr=3e-3, batch_size=128)
 TUNE = TrainSpec(epochs=3, lr=5e-4, batch_size=128)
-# the searched architecture is retrained from scratch for the same 15 epochs, in one cosine run
-SCRATCH = TrainSpec(epochs=15, lr=3e-3, batch_size=128, schedule="cosine")
+
 
 
 def _search_config(max_latency_ms: float, executor: str) -> NASConfig:
@@ -57,6 +62,7 @@ def _search_config(max_latency_ms: float, executor: str) -> NASConfig:
                             "kernel": [3, 5, 7], "expansion": [0.5, 1.0]},
                      budget={"max_latency_ms": max_latency_ms, "precision": "fp32"},
                      proxy={"epochs": 6, "samples": None, "lr": 3e-3, "batch_size": 128, "schedule": "cosine"},
+                     finalists=3, final_epochs=15,
                      executor=executor, workers=2)
 
 
@@ -77,8 +83,7 @@ def test_evolution_beats_the_hand_sized_end_model_and_ray_agrees(mnist1d: Datase
                             seed=SEED)
     search_s = time.perf_counter() - start
     chosen = result.state["arch"]
-    model = build_arch(chosen, input_shape=mnist1d.input_shape, num_classes=mnist1d.num_classes, seed=SEED)
-    fit(model, mnist1d.train, SCRATCH, seed=SEED)
+    model = result.model  # the finalist chosen on validation: 15 epochs from scratch, as the reference's 12 + 3
     found = measure(model, mnist1d, tmp_path, name="nas")
 
     start = time.perf_counter()

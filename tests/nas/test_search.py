@@ -84,3 +84,18 @@ def test_restore_rebuilds_the_chosen_architecture(cloud, digits) -> None:
     np.testing.assert_array_equal(result.model(x).detach().numpy(), restored(x).detach().numpy())
     # state is plain values: what checkpoints loaded with weights_only=True accept
     assert json.loads(json.dumps(result.state)) == result.state
+
+
+def test_finalists_are_retrained_longer_and_chosen_on_validation(cloud, digits) -> None:
+    """The top-2 distinct architectures by proxy accuracy get a longer training on the whole train
+    split; the chosen one is the more accurate of them on validation, and the returned model is it."""
+    result = _search(cloud, digits, finalists=2, final_epochs=2)
+    report = result.report
+    finals = report["finalists"]
+    trained = sorted((c for c in report["candidates"] if c["accuracy"] is not None),
+                     key=lambda c: -c["accuracy"])
+    assert len(finals) == 2 and finals[0]["arch"] == trained[0]["arch"] and finals[0]["arch"] != finals[1]["arch"]
+    assert all(f["epochs"] == 2 for f in finals)
+    winner = max(finals, key=lambda f: f["final_accuracy"])
+    assert report["chosen"]["arch"] == winner["arch"]
+    assert compress.core.train.evaluate(result.model, digits.val) == winner["final_accuracy"]
