@@ -1,8 +1,8 @@
 """`mixed_precision`: per-layer bit widths chosen under the variant's budget, then QAT.
 
-1. Sensitivity: the loss change on held-out samples when only one layer is quantized, for
-   every layer and every allowed width (`compress.quant.sensitivity` says why this and not a
-   Hessian trace).
+1. Sensitivity: how far the output moves (mean KL divergence) on held-out samples when only
+   one layer is quantized, for every layer and every allowed width (`compress.quant.sensitivity`
+   says why this and not the loss change or a Hessian trace).
 2. Allocation: one width per layer from `bits` (minus what the target cannot run, see
    `compress.quant.precision`), minimizing the summed sensitivity under `budget` — KiB of stored
    weights, mean bits, or estimated latency on the target (`compress.quant.budget`) — solved
@@ -37,13 +37,13 @@ from compress.quant.qat import (
     quantize,
     restore_quant,
 )
-from compress.quant.sensitivity import loss_sensitivity, monotone
+from compress.quant.sensitivity import measure_sensitivity, monotone
 from compress.targets import Target
 from export.plot import pareto_plot
 
-SENSITIVITY = ("loss change on calibration + validation samples when only that layer's weights are quantized, "
-               "measured per layer and width, clipped at 0 and made non-increasing in bits "
-               "(compress.quant.sensitivity)")
+SENSITIVITY = ("mean KL divergence of the output (float model || only that layer's weights quantized) on "
+               "calibration + validation samples, per layer and width, made non-increasing in bits "
+               "(ZeroQ's criterion; compress.quant.sensitivity says why not the loss change)")
 
 
 class MixedPrecisionConfig(TechniqueConfig):
@@ -150,7 +150,7 @@ def _in_budget_units(budget: Budget, cost: float, stats: dict[str, LayerStats], 
 
 def _point(a: Allocation, budget: Budget, stats: dict[str, LayerStats], target: Target | None) -> dict[str, Any]:
     params = sum(s.params for s in stats.values())
-    point = {"sensitivity": round(a.sensitivity, 6),
+    point = {"sensitivity": _sig(a.sensitivity),
              "weights_kb": round(sum(stats[n].params * precision.storage_bits(b) for n, b in a.bits.items()) / 8192, 3),
              "avg_bits": round(sum(stats[n].params * b for n, b in a.bits.items()) / max(params, 1), 3),
              "layers_per_bits": {str(b): sum(1 for v in a.bits.values() if v == b) for b in sorted(set(a.bits.values()))}}
@@ -159,11 +159,20 @@ def _point(a: Allocation, budget: Budget, stats: dict[str, LayerStats], target: 
     return point
 
 
+def _sig(value: float) -> float:
+    """`value` to 4 significant digits (KL divergences span 1e-8 to 1).
+
+    >>> _sig(1.234567e-7), _sig(0.0)
+    (1.235e-07, 0.0)
+    """
+    return float(f"{value:.4g}")
+
+
 def _plot(path: Path, curve: list[dict[str, Any]], chosen: dict[str, Any]) -> Path:
     """The sensitivity-size curve (every point an optimal allocation at its budget), the choice circled."""
     points = [*curve, chosen]
     return pareto_plot(path, points, x="weights_kb", y="sensitivity", label_x="weights (KiB, as stored)",
-                       label_y="total sensitivity (loss increase)", chosen=len(points) - 1, maximize_y=False,
+                       label_y="total sensitivity (output KL)", chosen=len(points) - 1, maximize_y=False,
                        title="mixed precision: sensitivity vs size")
 
 
@@ -193,8 +202,8 @@ class MixedPrecision(BaseTechnique):
         budget = cfg.resolved_budget(ctx.target)
         stats = layer_stats(model, names, example if budget.kind == "latency_ms" else None)
         _options_or_error(cfg, stats, {n: {} for n in names}, ctx.target)  # fail before measuring anything
-        measured = loss_sensitivity(model, names, allowed, x, y, per_channel=cfg.per_channel)
-        sensitivity = {name: monotone(deltas) for name, deltas in measured.items()}
+        measured = measure_sensitivity(model, names, allowed, x, y, per_channel=cfg.per_channel)
+        sensitivity = {name: monotone(kl) for name, kl in measured.kl.items()}
         options, capacity = _options_or_error(cfg, stats, sensitivity, ctx.target)
         chosen = allocate(options, capacity)
         assert chosen is not None  # _options_or_error proved the cheapest choice fits
@@ -204,8 +213,10 @@ class MixedPrecision(BaseTechnique):
                                        calib_samples=cfg.calib_samples)
         report = quant_report(model, specs, act_bits, cfg.per_channel)
         for name in names:
-            report["layers"][name]["sensitivity"] = {str(b): round(v, 6) for b, v in sensitivity[name].items()}
-            report["layers"][name]["loss_delta_measured"] = {str(b): round(v, 6) for b, v in measured[name].items()}
+            report["layers"][name]["sensitivity"] = {str(b): _sig(v) for b, v in sensitivity[name].items()}
+            report["layers"][name]["output_kl_measured"] = {str(b): _sig(v) for b, v in measured.kl[name].items()}
+            report["layers"][name]["loss_delta_measured"] = {str(b): round(v, 6)
+                                                             for b, v in measured.loss_delta[name].items()}
         report.update({
             "sensitivity_method": SENSITIVITY, "sensitivity_samples": len(x), "allowed_bits": allowed,
             "budget": {budget.kind: budget.value},

@@ -13,7 +13,7 @@ from torch import nn
 from compress.core.context import Context
 from compress.quant.allocate import allocate, pareto
 from compress.quant.mixed_precision import MixedPrecision, MixedPrecisionConfig
-from compress.quant.sensitivity import loss_sensitivity
+from compress.quant.sensitivity import measure_sensitivity
 from compress.targets import load_target
 
 
@@ -47,10 +47,15 @@ def test_allocation_is_exact(seed):
 def test_sensitivity_is_measured_without_changing_the_model(model, digits):
     before = copy.deepcopy(model.state_dict())
     layers = ["stem.conv", "layer1.0.conv1", "head.fc"]
-    s = loss_sensitivity(model, layers, [2, 4, 8], digits.val.x, digits.val.y, per_channel=True)
+    s = measure_sensitivity(model, layers, [2, 4, 8], digits.val.x, digits.val.y, per_channel=True)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    for name in layers:  # these layers lose more at 2 bits than at 8 (measured: +0.02 to +0.12 vs |8-bit| < 1e-3)
-        assert s[name][2] > s[name][8] + 0.01 and abs(s[name][8]) < 0.01
+    for name in layers:
+        # KL divergences are non-negative by construction (the code clips rounding's tiny negatives)
+        assert all(np.isfinite(v) and v >= 0 for v in s.kl[name].values())
+        assert all(np.isfinite(v) for v in s.loss_delta[name].values())  # reported, not relied on: sign is noise
+        # strongly separated: 2-bit weights move the output far more than 8-bit ones (measured: KL 0.03 to 0.1
+        # at 2 bits, 1e-6 to 1e-5 at 8 bits — over three orders apart, so a factor of 10 cannot flip on another CPU)
+        assert s.kl[name][2] > 10 * s.kl[name][8]
 
 
 def _stored_kb(result) -> float:
