@@ -8,12 +8,17 @@
    weights, mean bits, or estimated latency on the target (`compress.quant.budget`) — solved
    exactly as a 0/1 program (`compress.quant.allocate`). The report lists the bits chosen per
    layer and the sensitivity–size Pareto curve.
-3. The chosen widths are applied exactly as `qat` applies its own (same layers, activation
+3. Candidates — the best uniform width that fits, the sensitivity optimum and a few Pareto
+   points within budget — are each quantized jointly, fine-tuned briefly and compared on
+   validation; the most accurate is kept, uniform on ties (`compress.quant.candidates`), so the
+   stage never keeps a mix that loses to uniform on validation. The report lists each candidate.
+4. The kept widths are applied exactly as `qat` applies its own (same layers, activation
    quantization and export), and the stage's `train` block fine-tunes them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,9 +31,11 @@ from compress.core.config import TechniqueConfig
 from compress.core.context import Context
 from compress.core.errors import EdgetierError
 from compress.core.technique import BaseTechnique, ExportPlan, Result
+from compress.core.train import TrainSpec
 from compress.quant import precision
 from compress.quant.allocate import Allocation, allocate, cost_range, pareto
 from compress.quant.budget import Budget, LayerStats, budget_capacity, layer_stats, option_cost
+from compress.quant.candidates import Candidate, best, candidates, trial
 from compress.quant.qat import (
     check_bits_range,
     quant_report,
@@ -37,7 +44,7 @@ from compress.quant.qat import (
     quantize,
     restore_quant,
 )
-from compress.quant.sensitivity import measure_sensitivity, monotone
+from compress.quant.sensitivity import logits, measure_sensitivity, monotone
 from compress.targets import Target
 from export.plot import pareto_plot
 
@@ -69,6 +76,10 @@ class MixedPrecisionConfig(TechniqueConfig):
     calib_samples: int = Field(256, gt=0, description="calibration samples that initialize the activation scales")
     sensitivity_samples: int = Field(1024, gt=0, description="samples (calibration split, then validation split) "
                                      "on which each layer's loss change is measured")
+    trials: int = Field(2, ge=0, description="Pareto points within budget tried besides the best uniform width and "
+                        "the sensitivity optimum")
+    trial_epochs: int = Field(1, ge=0, description="epochs of QAT each candidate gets before they are compared on "
+                              "validation (0: compared right after quantization)")
     pareto_points: int = Field(12, ge=2, le=100, description="budgets sampled for the sensitivity-size curve")
 
     @field_validator("bits")
@@ -184,6 +195,21 @@ def _sensitivity_data(ctx: Context, samples: int) -> tuple[np.ndarray, np.ndarra
     return x, y
 
 
+def _select(model: nn.Module, tried: list[Candidate], apply_bits: Callable[[nn.Module, dict[str, int]], nn.Module],
+            ctx: Context, epochs: int) -> Candidate:
+    """The candidate most accurate on validation after `epochs` of QAT (see `compress.quant.candidates`)."""
+    assert ctx.data is not None
+    val = (ctx.data.val.x, ctx.data.val.y)
+    if len(tried) == 1 or not len(val[1]):
+        return tried[0] if len(tried) == 1 else next(c for c in tried if c.name == "sensitivity optimum")
+    reference = logits(model, val[0])
+    spec = (ctx.train or TrainSpec()).model_copy(update={"epochs": epochs})
+    for c in tried:
+        trial(model, c, apply_bits, val, reference, train=(ctx.data.train.x, ctx.data.train.y), spec=spec,
+              seed=ctx.seed)
+    return best(tried)
+
+
 class MixedPrecision(BaseTechnique):
     config_type = MixedPrecisionConfig
     config: MixedPrecisionConfig
@@ -205,10 +231,19 @@ class MixedPrecision(BaseTechnique):
         measured = measure_sensitivity(model, names, allowed, x, y, per_channel=cfg.per_channel)
         sensitivity = {name: monotone(kl) for name, kl in measured.kl.items()}
         options, capacity = _options_or_error(cfg, stats, sensitivity, ctx.target)
-        chosen = allocate(options, capacity)
-        assert chosen is not None  # _options_or_error proved the cheapest choice fits
-        curve = [_point(a, budget, stats, ctx.target) for a in pareto(options, points=cfg.pareto_points)]
+        optimum = allocate(options, capacity)
+        assert optimum is not None  # _options_or_error proved the cheapest choice fits
+        allocations = pareto(options, points=cfg.pareto_points)
+        curve = [_point(a, budget, stats, ctx.target) for a in allocations]
         act_bits = cfg.resolved_act_bits(ctx.target)
+
+        def apply_bits(m: nn.Module, bits: dict[str, int]) -> nn.Module:
+            return quantize(m, bits, ctx, act_bits=act_bits, per_channel=cfg.per_channel,
+                            calib_samples=cfg.calib_samples)[0]
+
+        tried = candidates(optimum, allocations, options, capacity, extra=cfg.trials)
+        kept = _select(model, tried, apply_bits, ctx, cfg.trial_epochs)
+        chosen = kept.allocation
         model, specs, relus = quantize(model, chosen.bits, ctx, act_bits=act_bits, per_channel=cfg.per_channel,
                                        calib_samples=cfg.calib_samples)
         report = quant_report(model, specs, act_bits, cfg.per_channel)
@@ -220,7 +255,10 @@ class MixedPrecision(BaseTechnique):
         report.update({
             "sensitivity_method": SENSITIVITY, "sensitivity_samples": len(x), "allowed_bits": allowed,
             "budget": {budget.kind: budget.value},
-            "chosen": _point(chosen, budget, stats, ctx.target),
+            "chosen": {"candidate": kept.name, **_point(chosen, budget, stats, ctx.target)},
+            "sensitivity_optimum": _point(optimum, budget, stats, ctx.target),
+            "candidates": [{"name": c.name, **_point(c.allocation, budget, stats, ctx.target), **c.measured}
+                           for c in tried],
             "pareto": curve,
         })
         if ctx.workdir is not None:  # a recipe run: the plot ships in the bundle and shows in report.md
