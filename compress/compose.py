@@ -19,7 +19,8 @@ before anything trains, with one paragraph naming both stages and why:
   not quantized and the QCDQ export does not store them (measured: cluster then qat fails);
 - `early_exit` and a quantizer, in either order: exits are trained and exported (float segments)
   on a float backbone (measured: qat then early_exit, and early_exit then qat, both fail in
-  brevitas' backward);
+  brevitas' backward; early_exit then ptq_int8 exported float segments, the int8 plan dropped);
+- `early_exit` twice: one stage lists every exit;
 - `structured_prune` after a quantizer, a weight-sharing stage or `early_exit`: the dependency graph
   torch-pruning traces holds quantized / shared layers or exit branches it cannot shrink consistently
   (measured: early_exit then structured_prune fails); prune first.
@@ -55,10 +56,14 @@ _RULES: list[tuple[Sequence[str], Sequence[str], str, str]] = [
      "quantize, and the QCDQ export does not store them", "quantize first, or `ignore` the shared layers in {later} "
      "and use a separate variant"),
     (QUANTIZERS, ("early_exit",), "exit branches are attached to and trained on float stages, and the exits' "
-     "segment export writes float ONNX; after {earlier} the backbone is quantized", "use ptq_int8 on the "
-     "early-exit variant, or drop the exits"),
+     "segment export writes float ONNX; after {earlier} the backbone is quantized", "quantize in a variant "
+     "without exits"),
     (("early_exit",), QUANTIZERS, "{later} cannot train an early-exit model: the exit branches' float outputs "
-     "reach brevitas' quantizers without a gradient", "use ptq_int8 on the early-exit variant, or drop the exits"),
+     "reach brevitas' quantizers without a gradient", "quantize in a variant without exits"),
+    (("early_exit",), ("ptq_int8",), "an early-exit model is exported as float ONNX segments, which ptq_int8's "
+     "export plan does not reach: the int8 quantization would be dropped", "quantize in a variant without exits"),
+    (("early_exit",), ("early_exit",), "the model already has exits after {earlier}", "use one early_exit stage "
+     "and list every exit in its `after`"),
     ((*QUANTIZERS, *SHARING, "early_exit"), ("structured_prune",), "structured pruning shrinks the plain "
      "Conv/Linear channels torch-pruning traces, and after {earlier} the model holds layers or branches it cannot "
      "shrink consistently", "prune before {earlier}"),

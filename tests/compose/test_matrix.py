@@ -24,7 +24,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 SHARING = {"cluster", "hash_share"}
 # the orders the flagship recipe chains (and the ones its notebook shows): in the default suite
 FLAGSHIP = [("nas", "structured_prune"), ("structured_prune", "distill"), ("distill", "unstructured_prune"),
-            ("unstructured_prune", "mixed_precision"), ("structured_prune", "early_exit"), ("early_exit", "ptq_int8")]
+            ("unstructured_prune", "mixed_precision"), ("structured_prune", "early_exit"), ("early_exit", "distill")]
 PAIRS = [(a, b) for a in KINDS for b in KINDS]
 WORKS = [p for p in PAIRS if refusal(*p) is None and not (p[0] in SHARING and p[1] in SHARING)]
 REFUSED = [p for p in PAIRS if refusal(*p) is not None]
