@@ -24,6 +24,10 @@ before anything trains, with one paragraph naming both stages and why:
 - `structured_prune` after a quantizer, a weight-sharing stage or `early_exit`: the dependency graph
   torch-pruning traces holds quantized / shared layers or exit branches it cannot shrink consistently
   (measured: early_exit then structured_prune fails); prune first.
+- a pruning stage after `cluster` / `hash_share`: the shared layers hold no plain weights to prune
+  (measured: cluster then unstructured_prune finds nothing); `ptq_int8` after them misses parity;
+- `early_exit` after a masked pruning stage: the masks are kept by layer name and the exits'
+  wrapper renames the layers (measured: lottery_ticket then early_exit fails).
 Orders between `cluster` and `hash_share` (either, or the same twice) are checked per layer by their
 own `check_after`: refused only when they would share one layer twice.
 """
@@ -38,6 +42,7 @@ KINDS = ("finetune", "distill", "early_exit", "nas", "structured_prune", "unstru
          "lottery_ticket", "cluster", "hash_share", "qat", "mixed_precision", "ptq_int8")
 QUANTIZERS = ("qat", "mixed_precision")
 SHARING = ("cluster", "hash_share")
+MASKED = ("unstructured_prune", "snip", "lottery_ticket")  # keep pruning masks by layer name in their hooks
 EXPORT_PLANS = ("qat", "mixed_precision", "cluster", "hash_share", "early_exit")  # stages that set the export plan
 
 # (earlier, later) -> why the pair is refused, and how to fix it
@@ -51,7 +56,7 @@ _RULES: list[tuple[Sequence[str], Sequence[str], str, str]] = [
     (("ptq_int8",), EXPORT_PLANS, "ptq_int8 quantizes the exported file, and {later} replaces the export plan, "
      "so the int8 quantization would be dropped", "put ptq_int8 last"),
     (QUANTIZERS, SHARING, "{later} would replace the layers {earlier} quantized by float weight-shared ones, "
-     "undoing the quantization", "share weights first, then quantize (or quantize only the other layers)"),
+     "undoing the quantization", "quantize or share a layer, not both (16 clusters already store 4-bit indices)"),
     (SHARING, QUANTIZERS, "the layers {earlier} shares are codebook / hashed layers, which {later} does not "
      "quantize, and the QCDQ export does not store them", "quantize first, or `ignore` the shared layers in {later} "
      "and use a separate variant"),
@@ -64,6 +69,13 @@ _RULES: list[tuple[Sequence[str], Sequence[str], str, str]] = [
      "export plan does not reach: the int8 quantization would be dropped", "quantize in a variant without exits"),
     (("early_exit",), ("early_exit",), "the model already has exits after {earlier}", "use one early_exit stage "
      "and list every exit in its `after`"),
+    (SHARING, MASKED, "after {earlier} the layers hold codebooks or hashed weights, not weights {later} can "
+     "prune", "prune first ({earlier} keeps the zeros with preserve_sparsity / stores what is left)"),
+    (SHARING, ("ptq_int8",), "the export stores {earlier}'s shared layers as codebooks / hashed weights; ptq_int8 "
+     "re-quantizes a float graph (measured: hash_share then ptq_int8 missed the parity threshold, 96.9 % top-1)",
+     "use {earlier} or ptq_int8 in a variant, not both"),
+    (MASKED, ("early_exit",), "{earlier}'s masks are kept by layer name, and early_exit wraps the model so the "
+     "names change (measured: the masks no longer find 'stem.conv')", "add the exits first, then prune"),
     ((*QUANTIZERS, *SHARING, "early_exit"), ("structured_prune",), "structured pruning shrinks the plain "
      "Conv/Linear channels torch-pruning traces, and after {earlier} the model holds layers or branches it cannot "
      "shrink consistently", "prune before {earlier}"),
@@ -124,7 +136,8 @@ def markdown_matrix() -> str:
             cells.append(f"✗{reasons.index(why) + 1}")
         rows.append(f"| `{earlier}` | " + " | ".join(cells) + " |")
     notes = [f"{i}. {why}" for i, why in enumerate(reasons, start=1)]
-    return "\n".join([*rows, "", "✓ works (run and exported by the matrix test) · ✗n refused when the recipe loads:",
+    return "\n".join([*rows, "", "✓ works (run and exported by the matrix test: the flagship's pairs by default, every one under "
+                      "`-m slow`) · ✗n refused when the recipe loads:",
                       "", *notes, "", "\\* works unless both stages would share the same layer (their own check)."])
 
 
