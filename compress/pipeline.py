@@ -42,6 +42,7 @@ from compress.recipe import Plan, Recipe
 from compress.registry import build as build_technique
 from export.profile import load_profile
 from export.report import render_markdown
+from export.report_html import write_report_html
 
 Log = Callable[[str], None]
 
@@ -279,3 +280,4 @@ def _write_run_report(run_dir: Path, recipe: Recipe, models: list[dict[str, Any]
         tmp = run_dir / f".{name}.tmp"
         tmp.write_text(text + "\n", encoding="utf-8")
         os.replace(tmp, run_dir / name)
+    write_report_html(run_dir)
