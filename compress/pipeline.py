@@ -89,6 +89,19 @@ def run(recipe: Recipe, *, out_dir: str | Path = "runs", variants: list[str] | N
     ("ray") runs the parallel work of stages that have some (NAS trials) there, whatever the recipe says.
     `profile` is a device profile (`export.runtime.profile`) whose measured latency replaces the
     roofline estimate for its target.
+
+    >>> import tempfile, pathlib, compress
+    >>> text = ("schema_version: 1\\nname: demo\\n"
+    ...         "model: {zoo: resnet2d, width: 8, train: {epochs: 1}}\\ndata: {dataset: digits}\\n"
+    ...         "stages: [{name: prune, kind: structured_prune, with: {ratio: 0.5}}]\\n"
+    ...         "variants: {edge: {target: jetson_orin_nano}}\\n")
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = pathlib.Path(d) / "demo.yaml"
+    ...     _ = path.write_text(text)
+    ...     result = run(compress.load_recipe(path), out_dir=d)
+    ...     cloud, edge = result.models
+    ...     sorted(result.bundles), edge["params"] < cloud["params"], (result.run_dir / "report.html").is_file()
+    (['cloud', 'edge'], True, True)
     """
     device_profile = load_profile(profile) if profile is not None else None
     seed = recipe.seed if seed is None else seed
