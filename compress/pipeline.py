@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.compose import check_order
 from compress.core.context import Context, Progress, SilentProgress
 from compress.core.errors import EdgetierError, RecipeError
 from compress.core.report import StageReport
@@ -152,6 +153,7 @@ def _check_plans(model: nn.Module, plans: list[Plan]) -> None:
         for i, stage in enumerate(plan.stages):
             try:
                 stage.config.check_model(model, plan.target)
+                check_order([(earlier.name, earlier.kind) for earlier in plan.stages[:i]], stage.name, stage.kind)
                 stage.config.check_after([earlier.config for earlier in plan.stages[:i]], model)
             except EdgetierError as exc:
                 raise RecipeError(exc.problem, where=recipe.where(("stages", stage.index, "with")),
