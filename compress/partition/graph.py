@@ -128,8 +128,11 @@ def graph_from_model(model: onnx.ModelProto, *, source: str = "") -> OpGraph:
     const_outputs = {o for n in g.node if n.op_type == "Constant" for o in n.output}
     producers: dict[str, str] = {name: INPUT_PREFIX + name for name in graph_inputs}
     names = _node_names(g)
+    # Nodes that read no activation (Constant, Identity of a weight, ...) compute weights, not
+    # activations: they belong to whichever segment reads them and never travel.
     for n, name in zip(g.node, names, strict=True):
-        if n.op_type == "Constant":
+        if not any(i in producers for i in n.input):
+            const_outputs.update(o for o in n.output if o)
             continue
         for o in n.output:
             if o:
@@ -137,13 +140,13 @@ def graph_from_model(model: onnx.ModelProto, *, source: str = "") -> OpGraph:
     consumers: dict[str, list[str]] = {t: [] for t in producers}
     nodes: list[OpNode] = [OpNode(INPUT_PREFIX + i, "input", (), (i,)) for i in graph_inputs]
     for n, name in zip(g.node, names, strict=True):
-        if n.op_type == "Constant":
+        if not any(i in producers for i in n.input):
             continue
         acts = tuple(dict.fromkeys(i for i in n.input if i in producers))
         for i in acts:
             consumers[i].append(name)
         wbytes = sum(weights[i].nbytes for i in n.input if i in weights)
-        wbytes += sum(_const_bytes(g, i) for i in n.input if i in const_outputs)
+        wbytes += sum(_const_bytes(g, i, weights) for i in n.input if i in const_outputs)
         outs = tuple(o for o in n.output if o)
         nodes.append(OpNode(name, n.op_type, acts, outs, macs=_macs(n, shapes, weights),
                             weight_bytes=int(wbytes),
@@ -212,12 +215,15 @@ def _floating(vi: onnx.ValueInfoProto | None) -> bool:
     return helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).kind == "f"
 
 
-def _const_bytes(g: onnx.GraphProto, name: str) -> int:
+def _const_bytes(g: onnx.GraphProto, name: str, weights: dict) -> int:
     for n in g.node:
-        if n.op_type == "Constant" and name in n.output:
+        if name not in n.output:
+            continue
+        if n.op_type == "Constant":
             for a in n.attribute:
                 if a.name == "value":
                     return numpy_helper.to_array(a.t).nbytes
+        return sum(weights[i].nbytes for i in n.input if i in weights)  # e.g. Identity of a weight
     return 0
 
 
