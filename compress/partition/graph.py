@@ -118,7 +118,7 @@ def load_graph(path: str | os.PathLike[str]) -> OpGraph:
 def graph_from_model(model: onnx.ModelProto, *, source: str = "") -> OpGraph:
     """The operator graph of an in-memory ONNX model (see `load_graph`)."""
     model = _batch_one(model)
-    inferred = shape_inference.infer_shapes(model)
+    inferred = shape_inference.infer_shapes(model, data_prop=True)  # data_prop: Shape->Reshape chains get sizes
     g = inferred.graph
     weights = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     infos = {vi.name: vi for vi in [*g.input, *g.value_info, *g.output]}
