@@ -94,3 +94,14 @@ def test_a_slow_server_times_out(server: str) -> None:
 def test_link_emulator_delay_follows_the_link_model() -> None:
     # 3 ms round trip split both ways, 1250 bytes at 100 Mbit/s = 0.1 ms
     assert LinkEmulator(100.0, 3.0).delay_s(1250) == pytest.approx(0.0016)
+
+
+def test_device_side_modules_load_no_torch_no_ray_no_compress(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, export.partitioned, export.client, export.wire; "
+            "print(sorted(m for m in ('torch', 'compress', 'ray', 'onnx') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path,
+                         timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
