@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.core.adapter import ModelAdapter, OutputSpec
+from compress.core.adapter import AdaptedModule, ModelAdapter, OutputSpec
 from compress.core.errors import EdgetierError
 from compress.core.measure import count_params
 from compress.deploy import toolkit_version
@@ -67,6 +67,8 @@ def export(model: nn.Module, *, target: Target | str, out_dir: str | Path, examp
     check = _rows(data if data is not None else example_inputs, where="data / example_inputs")
     if isinstance(output, str):
         output = OutputSpec(select=output)
+    if isinstance(model, AdaptedModule) and adapter is None and output is None:
+        adapter, model = model.adapter, model.model  # e.g. from compress.models.hf.load_hf: keep its spec
     if adapter is None:
         adapter = ModelAdapter.from_model(model, _first(check, model), output=output)
     rows = adapter.tensors(check)
