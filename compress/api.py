@@ -12,6 +12,7 @@ from compress.core.config import TechniqueConfig
 from compress.core.context import Context, Progress, SilentProgress
 from compress.core.own_loop import stale_optimizer_guard
 from compress.core.technique import HookSet, Result
+from compress.persist import applied, record
 from compress.registry import build
 from compress.targets import Target, load_target
 
@@ -45,7 +46,9 @@ def apply(model: nn.Module, config: TechniqueConfig, *, target: Target | str | N
     ctx = Context(example_inputs=example_inputs, target=target, data=data, teacher=teacher, seed=seed,
                   progress=progress or SilentProgress())
     before = {id(p) for p in model.parameters()}
+    earlier = applied(model)
     result = build(config).apply(model, ctx)
+    record(earlier, result.model, config, result.state)  # what compress.save replays (compress.persist)
     replaced = sum(1 for p in result.model.parameters() if id(p) not in before)
     if replaced:  # an optimizer built before this call would train nothing: the guard says so at step 1
         result = dataclasses.replace(result, hooks=HookSet([stale_optimizer_guard(replaced)]) + result.hooks)
