@@ -83,7 +83,9 @@ def run(recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
         profile: Annotated[Path | None, typer.Option(
             help="device profile JSON (edgetier profile BUNDLE) to estimate its target's latency")] = None,
         executor: Annotated[str | None, typer.Option(
-            help="where NAS trials train: inprocess or ray (overrides the recipe's `executor`)")] = None) -> None:
+            help="where NAS trials train: inprocess or ray (overrides the recipe's `executor`)")] = None,
+        trust_code: Annotated[bool, typer.Option(
+            "--trust-code", help="allow the recipe's model/data factories to be imported and run")] = False) -> None:
     """Train or load the cloud model, build every variant, export, verify and report."""
     from compress.core.errors import EdgetierError
     from compress.pipeline import run as run_pipeline
@@ -96,7 +98,7 @@ def run(recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
         with RichProgress(err) as progress:
             result = run_pipeline(loaded, out_dir=out_dir, variants=variant, resume=resume, seed=seed,
                                   progress=progress, log=lambda msg: err.print(f"[dim]{msg}[/dim]"), profile=profile,
-                                  executor=executor)
+                                  executor=executor, trust_code=trust_code)
     except KeyboardInterrupt:
         err.print("interrupted: finished stages are checkpointed; rerun with --resume to continue")
         raise typer.Exit(130) from None
@@ -116,6 +118,8 @@ def validate(recipe: Annotated[Path, typer.Argument(help="recipe YAML file")]) -
         plan = loaded.resolve(name)
         stages = ", ".join(f"{s.name} ({s.kind})" for s in plan.stages) or "no stages"
         out.print(f"{name}: {plan.target.name} [{plan.target.tier}, {plan.target.runtime}] — {stages}")
+    for _, spec in loaded.factories():
+        out.print(f"note: runs code from factory {spec!r} (not imported by validate); `run` needs --trust-code")
     out.print(f"{recipe}: valid")
 
 
