@@ -83,13 +83,14 @@ def _example_inputs(model: nn.Module, data: Dataset) -> tuple[torch.Tensor, ...]
 
 def run(recipe: Recipe, *, out_dir: str | Path = "runs", variants: list[str] | None = None, resume: bool = False,
         seed: int | None = None, progress: Progress | None = None, log: Log = lambda _msg: None,
-        executor: str | None = None, profile: str | Path | None = None) -> RunResult:
+        executor: str | None = None, profile: str | Path | None = None, trust_code: bool = False) -> RunResult:
     """Run `recipe` and return where its bundles are and their report entries.
 
     `variants` limits the run to those variants (the cloud bundle is always written). `executor`
     ("ray") runs the parallel work of stages that have some (NAS trials) there, whatever the recipe says.
     `profile` is a device profile (`export.runtime.profile`) whose measured latency replaces the
-    roofline estimate for its target.
+    roofline estimate for its target. A recipe whose model or data comes from a factory runs that
+    code only with `trust_code=True` (`edgetier run --trust-code`); otherwise nothing is done.
 
     >>> import tempfile, pathlib, compress
     >>> text = ("schema_version: 1\\nname: demo\\n"
@@ -104,6 +105,7 @@ def run(recipe: Recipe, *, out_dir: str | Path = "runs", variants: list[str] | N
     ...     sorted(result.bundles), edge["params"] < cloud["params"], (result.run_dir / "report.html").is_file()
     (['cloud', 'edge'], True, True)
     """
+    check_trust(recipe, trust_code=trust_code)
     device_profile = load_profile(profile) if profile is not None else None
     seed = recipe.seed if seed is None else seed
     progress = progress or SilentProgress()
@@ -136,6 +138,19 @@ def run(recipe: Recipe, *, out_dir: str | Path = "runs", variants: list[str] | N
         bundles[plan.variant] = run_dir / plan.variant
     _write_run_report(run_dir, recipe, models, seed)
     return RunResult(run_dir=run_dir, bundles=bundles, models=models)
+
+
+def check_trust(recipe: Recipe, *, trust_code: bool) -> None:
+    """Refuse, before any work, a recipe that would call a factory the user has not said they trust."""
+    factories = recipe.factories()
+    if not factories or trust_code:
+        return
+    path, spec = factories[0]
+    named = ", ".join(f"{s!r} ({'.'.join(map(str, p))})" for p, s in factories)
+    raise RecipeError(f"this recipe runs code: the factory {named} would be imported and called, and a recipe "
+                      "is not trusted to run code unless you say so", where=recipe.where(path),
+                      fix=f"read the code of {spec.partition(':')[0]!r}; if you trust it, rerun with "
+                          "`edgetier run --trust-code` (Python: compress.run(recipe, trust_code=True))")
 
 
 def _load_data(recipe: Recipe, seed: int) -> Dataset:
