@@ -9,9 +9,11 @@ from __future__ import annotations
 from compress.core.config import TechniqueConfig
 from compress.core.errors import RecipeError
 from compress.core.technique import BaseTechnique
+from compress.distill.feature import FeatureDistill
 from compress.distill.technique import Distill
 from compress.exits.technique import EarlyExit
 from compress.nas.technique import NAS
+from compress.partition.technique import Partition
 from compress.prune.lottery import LotteryTicket
 from compress.prune.snip import Snip
 from compress.prune.structured import StructuredPrune
@@ -25,6 +27,7 @@ from compress.tune.finetune import Finetune
 
 REGISTRY: dict[str, type[BaseTechnique]] = {
     "distill": Distill,
+    "feature_distill": FeatureDistill,
     "early_exit": EarlyExit,
     "finetune": Finetune,
     "ptq_int8": PTQInt8,
@@ -37,6 +40,7 @@ REGISTRY: dict[str, type[BaseTechnique]] = {
     "lottery_ticket": LotteryTicket,
     "snip": Snip,
     "nas": NAS,
+    "partition": Partition,
 }
 
 
