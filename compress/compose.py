@@ -41,6 +41,9 @@ from compress.core.errors import EdgetierError
 
 KINDS = ("finetune", "distill", "early_exit", "nas", "structured_prune", "unstructured_prune", "snip",
          "lottery_ticket", "cluster", "hash_share", "qat", "mixed_precision", "ptq_int8")
+# registered kinds whose pairs are not measured yet (they arrived in a merge after the matrix was built): the README
+# table says so, and the matrix test keeps them out until they are run and added to KINDS
+NOT_YET_MEASURED = ("feature_distill", "partition")
 QUANTIZERS = ("qat", "mixed_precision")
 SHARING = ("cluster", "hash_share")
 MASKED = ("unstructured_prune", "snip", "lottery_ticket")  # keep pruning masks by layer name in their hooks
@@ -142,7 +145,8 @@ def markdown_matrix() -> str:
     notes = [f"{i}. {why}" for i, why in enumerate(reasons, start=1)]
     return "\n".join([*rows, "", "✓ works (run and exported by the matrix test: the flagship's pairs by default, every one under "
                       "`-m slow`) · ✗n refused when the recipe loads:",
-                      "", *notes, "", "\\* works unless both stages would share the same layer (their own check)."])
+                      "", *notes, "", "\\* works unless both stages would share the same layer (their own check).", "",
+                      f"Not measured yet, so neither in the table nor refused: {', '.join(f'`{k}`' for k in NOT_YET_MEASURED)}."])
 
 
 def _generic(earlier: str, later: str) -> str:
