@@ -19,10 +19,16 @@ before anything trains, with one paragraph naming both stages and why:
   not quantized and the QCDQ export does not store them (measured: cluster then qat fails);
 - `early_exit` and a quantizer, in either order: exits are trained and exported (float segments)
   on a float backbone (measured: qat then early_exit, and early_exit then qat, both fail in
-  brevitas' backward);
-- `structured_prune` after a quantizer, a weight-sharing stage or `early_exit`: the dependency graph
-  torch-pruning traces holds quantized / shared layers or exit branches it cannot shrink consistently
-  (measured: early_exit then structured_prune fails); prune first.
+  brevitas' backward; early_exit then ptq_int8 exported float segments, the int8 plan dropped);
+- `early_exit` twice: one stage lists every exit;
+- `structured_prune` after a quantizer or a weight-sharing stage: the dependency graph torch-pruning
+  traces holds quantized / shared layers it cannot shrink consistently; prune first;
+- `structured_prune`, `snip`, `lottery_ticket` after `early_exit`: they deep-copy the model, which
+  an early-exit model does not survive (measured: all three fail);
+- a pruning stage after `cluster` / `hash_share`: the shared layers hold no plain weights to prune
+  (measured: cluster then unstructured_prune finds nothing); `ptq_int8` after them misses parity;
+- `early_exit` after a masked pruning stage: the masks are kept by layer name and the exits'
+  wrapper renames the layers (measured: lottery_ticket then early_exit fails).
 Orders between `cluster` and `hash_share` (either, or the same twice) are checked per layer by their
 own `check_after`: refused only when they would share one layer twice.
 """
@@ -35,8 +41,12 @@ from compress.core.errors import EdgetierError
 
 KINDS = ("finetune", "distill", "early_exit", "nas", "structured_prune", "unstructured_prune", "snip",
          "lottery_ticket", "cluster", "hash_share", "qat", "mixed_precision", "ptq_int8")
+# registered kinds whose pairs are not measured yet (they arrived in a merge after the matrix was built): the README
+# table says so, and the matrix test keeps them out until they are run and added to KINDS
+NOT_YET_MEASURED = ("feature_distill", "partition")
 QUANTIZERS = ("qat", "mixed_precision")
 SHARING = ("cluster", "hash_share")
+MASKED = ("unstructured_prune", "snip", "lottery_ticket")  # keep pruning masks by layer name in their hooks
 EXPORT_PLANS = ("qat", "mixed_precision", "cluster", "hash_share", "early_exit")  # stages that set the export plan
 
 # (earlier, later) -> why the pair is refused, and how to fix it
@@ -50,16 +60,30 @@ _RULES: list[tuple[Sequence[str], Sequence[str], str, str]] = [
     (("ptq_int8",), EXPORT_PLANS, "ptq_int8 quantizes the exported file, and {later} replaces the export plan, "
      "so the int8 quantization would be dropped", "put ptq_int8 last"),
     (QUANTIZERS, SHARING, "{later} would replace the layers {earlier} quantized by float weight-shared ones, "
-     "undoing the quantization", "share weights first, then quantize (or quantize only the other layers)"),
+     "undoing the quantization", "quantize or share a layer, not both (16 clusters already store 4-bit indices)"),
     (SHARING, QUANTIZERS, "the layers {earlier} shares are codebook / hashed layers, which {later} does not "
      "quantize, and the QCDQ export does not store them", "quantize first, or `ignore` the shared layers in {later} "
      "and use a separate variant"),
     (QUANTIZERS, ("early_exit",), "exit branches are attached to and trained on float stages, and the exits' "
-     "segment export writes float ONNX; after {earlier} the backbone is quantized", "use ptq_int8 on the "
-     "early-exit variant, or drop the exits"),
+     "segment export writes float ONNX; after {earlier} the backbone is quantized", "quantize in a variant "
+     "without exits"),
     (("early_exit",), QUANTIZERS, "{later} cannot train an early-exit model: the exit branches' float outputs "
-     "reach brevitas' quantizers without a gradient", "use ptq_int8 on the early-exit variant, or drop the exits"),
-    ((*QUANTIZERS, *SHARING, "early_exit"), ("structured_prune",), "structured pruning shrinks the plain "
+     "reach brevitas' quantizers without a gradient", "quantize in a variant without exits"),
+    (("early_exit",), ("ptq_int8",), "an early-exit model is exported as float ONNX segments, which ptq_int8's "
+     "export plan does not reach: the int8 quantization would be dropped", "quantize in a variant without exits"),
+    (("early_exit",), ("early_exit",), "the model already has exits after {earlier}", "use one early_exit stage "
+     "and list every exit in its `after`"),
+    (SHARING, MASKED, "after {earlier} the layers hold codebooks or hashed weights, not weights {later} can "
+     "prune", "prune first ({earlier} keeps the zeros with preserve_sparsity / stores what is left)"),
+    (SHARING, ("ptq_int8",), "the export stores {earlier}'s shared layers as codebooks / hashed weights; ptq_int8 "
+     "re-quantizes a float graph (measured: hash_share then ptq_int8 missed the parity threshold, 96.9 % top-1)",
+     "use {earlier} or ptq_int8 in a variant, not both"),
+    (MASKED, ("early_exit",), "{earlier}'s masks are kept by layer name, and early_exit wraps the model so the "
+     "names change (measured: the masks no longer find 'stem.conv')", "add the exits first, then prune"),
+    (("early_exit",), ("structured_prune", "snip", "lottery_ticket"), "{later} copies the model, and an early-exit "
+     "model cannot be deep-copied after training (it keeps non-leaf tensors; measured failing for all three)",
+     "prune before adding the exits (a defect of compress.exits to fix)"),
+    ((*QUANTIZERS, *SHARING), ("structured_prune",), "structured pruning shrinks the plain "
      "Conv/Linear channels torch-pruning traces, and after {earlier} the model holds layers or branches it cannot "
      "shrink consistently", "prune before {earlier}"),
 ]
@@ -119,8 +143,10 @@ def markdown_matrix() -> str:
             cells.append(f"✗{reasons.index(why) + 1}")
         rows.append(f"| `{earlier}` | " + " | ".join(cells) + " |")
     notes = [f"{i}. {why}" for i, why in enumerate(reasons, start=1)]
-    return "\n".join([*rows, "", "✓ works (run and exported by the matrix test) · ✗n refused when the recipe loads:",
-                      "", *notes, "", "\\* works unless both stages would share the same layer (their own check)."])
+    return "\n".join([*rows, "", "✓ works (run and exported by the matrix test: the flagship's pairs by default, every one under "
+                      "`-m slow`) · ✗n refused when the recipe loads:",
+                      "", *notes, "", "\\* works unless both stages would share the same layer (their own check).", "",
+                      f"Not measured yet, so neither in the table nor refused: {', '.join(f'`{k}`' for k in NOT_YET_MEASURED)}."])
 
 
 def _generic(earlier: str, later: str) -> str:

@@ -28,7 +28,7 @@ STAGES: dict[str, tuple[dict[str, Any], int]] = {
     "snip": ({"ratio": 0.5}, 1),
     "lottery_ticket": ({"rounds": 1, "ratio": 0.3, "epochs": 1}, 0),
     "cluster": ({"clusters": 8}, 1),
-    "hash_share": ({"compression": 0.25, "ignore": ["stem.conv"]}, 1),
+    "hash_share": ({"compression": 0.25}, 1),  # no selectors: after early_exit the names are the wrapper's
     "qat": ({"weight_bits": 4}, 1),
     "mixed_precision": ({"bits": [2, 4, 8], "budget": {"avg_bits": 4}, "trials": 0, "trial_epochs": 0,
                          "pareto_points": 2, "sensitivity_samples": 128, "calib_samples": 64}, 1),

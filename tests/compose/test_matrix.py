@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import compress
-from compress.compose import KINDS, markdown_matrix, refusal
+from compress.compose import KINDS, NOT_YET_MEASURED, markdown_matrix, refusal
 from compress.core.errors import RecipeError
 from compress.registry import REGISTRY
 from tests.compose.pairs import STAGES, pair_recipe
@@ -24,14 +24,14 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 SHARING = {"cluster", "hash_share"}
 # the orders the flagship recipe chains (and the ones its notebook shows): in the default suite
 FLAGSHIP = [("nas", "structured_prune"), ("structured_prune", "distill"), ("distill", "unstructured_prune"),
-            ("unstructured_prune", "mixed_precision"), ("structured_prune", "early_exit"), ("early_exit", "ptq_int8")]
+            ("unstructured_prune", "mixed_precision"), ("structured_prune", "early_exit"), ("early_exit", "distill")]
 PAIRS = [(a, b) for a in KINDS for b in KINDS]
 WORKS = [p for p in PAIRS if refusal(*p) is None and not (p[0] in SHARING and p[1] in SHARING)]
 REFUSED = [p for p in PAIRS if refusal(*p) is not None]
 
 
 def test_every_registered_kind_is_in_the_matrix():
-    assert set(KINDS) == set(REGISTRY) == set(STAGES)
+    assert set(KINDS) | set(NOT_YET_MEASURED) == set(REGISTRY) and set(KINDS) == set(STAGES)
 
 
 def test_the_readme_table_is_the_generated_one():
