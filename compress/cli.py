@@ -230,6 +230,56 @@ def cascade(run_dir: Annotated[Path, typer.Argument(help="run folder written by 
     out.print(f"written: {run_dir / 'cascade.json'}, {run_dir / 'cascade.md'}")
 
 
+@app.command()
+def partition(path: Annotated[Path, typer.Argument(help="run folder or bundle (its ONNX model is planned)")],
+              tiers: Annotated[str, typer.Option(help="tiers or targets, device first, e.g. end,cloud")] = "end,cloud",
+              bandwidth: Annotated[float | None, typer.Option(help="first link's bandwidth, Mbit/s")] = None,
+              rtt: Annotated[float | None, typer.Option(help="first link's round trip, ms")] = None,
+              crossing_dtype: Annotated[str, typer.Option(help="fp32, fp16 or int8")] = "fp32",
+              out_dir: Annotated[Path | None, typer.Option("--out", help="also write split bundles here")] = None,
+              calib: Annotated[Path | None, typer.Option(help="calibration inputs (.npy) for int8")] = None) -> None:
+    """Plan where to cut the model between tiers (DADS min-cut), side by side with the extremes."""
+    from compress.partition.command import partition_command
+
+    if crossing_dtype not in ("fp32", "fp16", "int8"):
+        from compress.core.errors import EdgetierError
+
+        raise EdgetierError(f"unknown crossing dtype {crossing_dtype!r}", where="--crossing-dtype",
+                            fix="use fp32, fp16 or int8")
+    plan, bundles = partition_command(path, tiers.split(","), bandwidth_mbps=bandwidth, rtt_ms=rtt,
+                                      crossing_dtype=crossing_dtype, out_dir=out_dir, calib=calib)  # type: ignore[arg-type]
+    out.print(plan.render(), markup=False, highlight=False)
+    for b in bundles:
+        out.print(f"split bundle: {b}")
+
+
+@app.command()
+def serve(bundle: Annotated[Path, typer.Argument(help="bundle or split bundle to serve")],
+          tier: Annotated[str | None, typer.Option(help="refuse a bundle of another tier")] = None,
+          host: Annotated[str, typer.Option(help="listen address (0.0.0.0 only on a trusted network)")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="HTTP port")] = 8000,
+          address: Annotated[str | None, typer.Option(help="existing Ray cluster, e.g. auto")] = None,
+          replicas: Annotated[int, typer.Option(help="Serve replicas")] = 1) -> None:
+    """Serve a bundle's model or a split segment over HTTP with Ray Serve, until Ctrl-C."""
+    import time
+
+    from export.errors import BundleError
+    from export.manifest import verify_bundle
+    from export.serve import start, stop
+
+    manifest = verify_bundle(bundle)
+    if tier is not None and manifest.get("target", {}).get("tier") != tier:
+        raise BundleError(f"this bundle is for tier {manifest.get('target', {}).get('tier')!r}, not {tier!r}",
+                          where=str(bundle), fix="serve the bundle of that tier")
+    url = start(bundle, host=host, port=port, address=address, replicas=replicas)
+    out.print(f"serving {bundle} at {url} (POST /segment or /predict, GET /health); Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        stop()
+
+
 @targets_app.command("list")
 def targets_list() -> None:
     """List the known hardware targets."""

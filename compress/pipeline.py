@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.compose import check_order
 from compress.core.context import Context, Progress, SilentProgress
 from compress.core.errors import EdgetierError, RecipeError
 from compress.core.report import StageReport
@@ -45,6 +46,7 @@ from compress.runlock import run_lock
 from export.manifest import sha256_file
 from export.profile import load_profile
 from export.report import render_markdown
+from export.report_html import write_report_html
 
 Log = Callable[[str], None]
 
@@ -92,6 +94,19 @@ def run(recipe: Recipe, *, out_dir: str | Path = "runs", variants: list[str] | N
     `profile` is a device profile (`export.runtime.profile`) whose measured latency replaces the
     roofline estimate for its target. A recipe whose model or data comes from a factory runs that
     code only with `trust_code=True` (`edgetier run --trust-code`); otherwise nothing is done.
+
+    >>> import tempfile, pathlib, compress
+    >>> text = ("schema_version: 1\\nname: demo\\n"
+    ...         "model: {zoo: resnet2d, width: 8, train: {epochs: 1}}\\ndata: {dataset: digits}\\n"
+    ...         "stages: [{name: prune, kind: structured_prune, with: {ratio: 0.5}}]\\n"
+    ...         "variants: {edge: {target: jetson_orin_nano}}\\n")
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = pathlib.Path(d) / "demo.yaml"
+    ...     _ = path.write_text(text)
+    ...     result = run(compress.load_recipe(path), out_dir=d)
+    ...     cloud, edge = result.models
+    ...     sorted(result.bundles), edge["params"] < cloud["params"], (result.run_dir / "report.html").is_file()
+    (['cloud', 'edge'], True, True)
     """
     check_trust(recipe, trust_code=trust_code)
     device_profile = load_profile(profile) if profile is not None else None
@@ -163,6 +178,7 @@ def _check_plans(model: nn.Module, plans: list[Plan]) -> None:
         for i, stage in enumerate(plan.stages):
             try:
                 stage.config.check_model(model, plan.target)
+                check_order([(earlier.name, earlier.kind) for earlier in plan.stages[:i]], stage.name, stage.kind)
                 stage.config.check_after([earlier.config for earlier in plan.stages[:i]], model)
             except EdgetierError as exc:
                 raise RecipeError(exc.problem, where=recipe.where(("stages", stage.index, "with")),
@@ -307,3 +323,4 @@ def _write_run_report(run_dir: Path, recipe: Recipe, models: list[dict[str, Any]
         tmp = run_dir / f".{name}.tmp-{secrets.token_hex(4)}"
         tmp.write_text(text + "\n", encoding="utf-8")
         os.replace(tmp, run_dir / name)
+    write_report_html(run_dir)

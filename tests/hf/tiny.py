@@ -1,0 +1,47 @@
+"""Tiny Hugging Face models with random init, built in-process (nothing downloaded)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def tiny_bert(*, seed: int = 0, vocab: int = 64, hidden: int = 32, layers: int = 2, heads: int = 4):
+    """A 2-layer BERT encoder (BertModel): inputs input_ids + attention_mask, BaseModelOutput out."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=2 * hidden, max_position_embeddings=64)
+    return BertModel(config, add_pooling_layer=False).eval()
+
+
+def tiny_vit(*, seed: int = 0, labels: int = 10, image: int = 16, channels: int = 1):
+    """A 2-layer ViT classifier: pixel_values in, ImageClassifierOutput (logits) out."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(seed)
+    config = ViTConfig(image_size=image, patch_size=4, num_channels=channels, hidden_size=32, num_hidden_layers=2,
+                       num_attention_heads=4, intermediate_size=64, num_labels=labels)
+    return ViTForImageClassification(config).eval()
+
+
+def token_batch(n: int = 4, seq: int = 7, *, vocab: int = 64, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random ids with trailing padding of different lengths per row."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (n, seq), generator=g)
+    lengths = torch.randint(2, seq + 1, (n,), generator=g)
+    mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
+    return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+def tiny_tokenizer_json(path, *, words=("the", "a", "model", "small", "runs", "on", "device", "text", "edge")):
+    """A WordPiece tokenizer.json with [PAD]=0, [UNK], [CLS], [SEP] and a few words (vocab < 64)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
+                                                                                              ("[SEP]", 3)])
+    tok.save(str(path))
+    return path
