@@ -224,3 +224,30 @@ def test_billion_laughs_refused_fast_and_small(write_recipe, capsys):
         print(f"\nbillion laughs ({path.stat().st_size} bytes): refused in {took * 1000:.1f} ms, "
               f"peak traced memory {peak / 2**20:.2f} MiB")
     assert took < 1.0 and peak < 200 * 2**20
+
+
+def _minimal(kind: str) -> dict:
+    return {"early_exit": {"after": ["layer1"]}, "snip": {"ratio": 0.5}, "unstructured_prune": {"ratio": 0.5},
+            "structured_prune": {"ratio": 0.5}}.get(kind, {})
+
+
+def test_every_numeric_field_of_every_stage_kind_has_a_range():
+    """10**30 in any scalar int / float field of any stage config is refused (a documented `le`, or a validator)."""
+    from pydantic import ValidationError
+
+    from compress.registry import REGISTRY
+
+    accepted = []
+    for kind, technique in sorted(REGISTRY.items()):
+        cls = technique.config_type
+        base = _minimal(kind)
+        cls(**base)
+        for name, field in cls.model_fields.items():
+            if str(field.annotation) not in ("<class 'int'>", "<class 'float'>", "int | None", "float | None"):
+                continue
+            try:
+                cls(**{**base, name: 10**30 if "int" in str(field.annotation) else 1e30})
+                accepted.append(f"{kind}.{name}")
+            except ValidationError:
+                pass
+    assert accepted == []
