@@ -237,9 +237,12 @@ def partition(path: Annotated[Path, typer.Argument(help="run folder or bundle (i
               rtt: Annotated[float | None, typer.Option(help="first link's round trip, ms")] = None,
               crossing_dtype: Annotated[str, typer.Option(help="fp32, fp16 or int8")] = "fp32",
               out_dir: Annotated[Path | None, typer.Option("--out", help="also write split bundles here")] = None,
-              calib: Annotated[Path | None, typer.Option(help="calibration inputs (.npy) for int8")] = None) -> None:
+              calib: Annotated[Path | None, typer.Option(help="calibration inputs (.npy) for int8")] = None,
+              profile: Annotated[Path | None, typer.Option(
+                  help="device profile JSON (edgetier profile) replacing its target's roofline")] = None) -> None:
     """Plan where to cut the model between tiers (DADS min-cut), side by side with the extremes."""
     from compress.partition.command import partition_command
+    from export.profile import load_profile
 
     if crossing_dtype not in ("fp32", "fp16", "int8"):
         from compress.core.errors import EdgetierError
@@ -247,7 +250,8 @@ def partition(path: Annotated[Path, typer.Argument(help="run folder or bundle (i
         raise EdgetierError(f"unknown crossing dtype {crossing_dtype!r}", where="--crossing-dtype",
                             fix="use fp32, fp16 or int8")
     plan, bundles = partition_command(path, tiers.split(","), bandwidth_mbps=bandwidth, rtt_ms=rtt,
-                                      crossing_dtype=crossing_dtype, out_dir=out_dir, calib=calib)  # type: ignore[arg-type]
+                                      crossing_dtype=crossing_dtype, out_dir=out_dir, calib=calib,  # type: ignore[arg-type]
+                                      profile=load_profile(profile) if profile else None)
     out.print(plan.render(), markup=False, highlight=False)
     for b in bundles:
         out.print(f"split bundle: {b}")

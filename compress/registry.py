@@ -13,6 +13,7 @@ from compress.distill.feature import FeatureDistill
 from compress.distill.technique import Distill
 from compress.exits.technique import EarlyExit
 from compress.nas.technique import NAS
+from compress.partition.technique import Partition
 from compress.prune.lottery import LotteryTicket
 from compress.prune.snip import Snip
 from compress.prune.structured import StructuredPrune
@@ -39,6 +40,7 @@ REGISTRY: dict[str, type[BaseTechnique]] = {
     "lottery_ticket": LotteryTicket,
     "snip": Snip,
     "nas": NAS,
+    "partition": Partition,
 }
 
 

@@ -136,3 +136,13 @@ def test_a_file_that_is_not_onnx_is_refused(tmp_path: Path) -> None:
     bad.write_bytes(b"not a model")
     with pytest.raises(EdgetierError, match="cannot read the ONNX file"):
         load_graph(bad)
+
+
+def test_a_device_profile_replaces_the_roofline(onnx_files: dict[str, Path]) -> None:
+    g = load_graph(onnx_files["chain"])
+    macs = sum(n.macs for n in g.ops)
+    profile = {"target": "rpi4", "models": [{"format": "tflite", "precision": "int8", "latency_ms": 2.0, "macs": macs}]}
+    problem = make_problem(g, resolve_targets(["rpi4", "cloud_gpu"]), profile=profile)
+    # the profiled model had exactly this graph's MACs: its operators sum to the measured 2 ms
+    assert sum(problem.tiers[0].node_ms.values()) == pytest.approx(2.0)
+    assert problem.tiers[0].source.startswith("profile") and problem.tiers[1].source == "roofline"
