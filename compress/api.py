@@ -10,6 +10,7 @@ from torch import nn
 
 from compress.core.config import TechniqueConfig
 from compress.core.context import Context, Progress, SilentProgress
+from compress.core.errors import EdgetierError
 from compress.core.own_loop import stale_optimizer_guard
 from compress.core.technique import HookSet, Result
 from compress.persist import applied, record
@@ -34,6 +35,7 @@ def apply(model: nn.Module, config: TechniqueConfig, *, target: Target | str | N
     >>> report["per_channel"]
     True
     """
+    _check_arguments(model, config, target, example_inputs)
     if isinstance(target, str):
         target = load_target(target)
     if target is not None:
@@ -53,3 +55,25 @@ def apply(model: nn.Module, config: TechniqueConfig, *, target: Target | str | N
     if replaced:  # an optimizer built before this call would train nothing: the guard says so at step 1
         result = dataclasses.replace(result, hooks=HookSet([stale_optimizer_guard(replaced)]) + result.hooks)
     return result
+
+
+def _check_arguments(model: object, config: object, target: object, example_inputs: object) -> None:
+    """Wrong argument types as one paragraph, not an AttributeError from deep inside a technique."""
+    if not isinstance(model, nn.Module):
+        raise EdgetierError(f"model is a {type(model).__name__}, not a torch.nn.Module", where="compress.apply(model)",
+                            fix="pass the PyTorch model instance")
+    if isinstance(config, type) and issubclass(config, TechniqueConfig):
+        raise EdgetierError(f"config is the class {config.__name__}, not an instance of it",
+                            where="compress.apply(config)", fix=f"pass {config.__name__}() with its settings")
+    if not isinstance(config, TechniqueConfig):
+        raise EdgetierError(f"config is a {type(config).__name__}, not a technique config",
+                            where="compress.apply(config)",
+                            fix="pass a config instance such as compress.quant.ptq.PTQInt8Config(); from a dict, "
+                                "use the config class's model_validate(d)")
+    if target is not None and not isinstance(target, (str, Target)):
+        raise EdgetierError(f"target is a {type(target).__name__}, not a target name or Target",
+                            where="compress.apply(target)", fix="pass a name such as 'rpi4' (edgetier targets list)")
+    if example_inputs is not None and (not isinstance(example_inputs, tuple)
+                                       or not all(isinstance(t, torch.Tensor) for t in example_inputs)):
+        raise EdgetierError(f"example_inputs is a {type(example_inputs).__name__}, not a tuple of tensors",
+                            where="compress.apply(example_inputs)", fix="pass e.g. (torch.zeros(1, 1, 40),)")

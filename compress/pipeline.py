@@ -18,6 +18,7 @@ import copy
 import hashlib
 import json
 import os
+import secrets
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from compress.exits.branches import EarlyExitModel
 from compress.models import build_from_spec
 from compress.recipe import Plan, Recipe
 from compress.registry import build as build_technique
+from compress.runlock import run_lock
+from export.manifest import sha256_file
 from export.profile import load_profile
 from export.report import render_markdown
 from export.report_html import write_report_html
@@ -66,7 +69,7 @@ def stage_seed(seed: int, variant: str, index: int) -> int:
 
 def _save(obj: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(4)}"  # unique: no two writers share one
     torch.save(obj, tmp)
     os.replace(tmp, path)  # a kill mid-write leaves the old checkpoint or none, never half of one
 
@@ -116,6 +119,13 @@ def run(recipe: Recipe, *, out_dir: str | Path = "runs", variants: list[str] | N
                               fix=f"use one of: {', '.join(recipe.variants)}")
     plans = [recipe.resolve(name) for name in names]
     run_dir = Path(out_dir) / recipe.name
+    with run_lock(run_dir):
+        return _run_locked(recipe, plans, run_dir, seed=seed, resume=resume, progress=progress, log=log,
+                           executor=executor, device_profile=device_profile)
+
+
+def _run_locked(recipe: Recipe, plans: list[Plan], run_dir: Path, *, seed: int, resume: bool, progress: Progress,
+                log: Log, executor: str | None, device_profile: dict[str, Any] | None) -> RunResult:
     data = _load_data(recipe, seed)
     cloud, fingerprint = _cloud_model(recipe, data, run_dir, seed, plans, progress, log)
     example_inputs = _example_inputs(cloud, data)
@@ -299,7 +309,10 @@ def _run_variant(plan: Plan, cloud: nn.Module, cloud_fingerprint: str, data: Dat
 
 def _write_run_report(run_dir: Path, recipe: Recipe, models: list[dict[str, Any]], seed: int) -> None:
     notes = [f"{m['name']}: {note}" for m in models for note in m.get("notes", [])]
-    report = {"recipe": recipe.name, "recipe_sha256": recipe.sha256, "models": models, "notes": notes}
+    # the digest of each bundle's manifest (which hashes every file of it): what this run vouches for
+    manifests = {m["name"]: sha256_file(run_dir / m["name"] / "manifest.json") for m in models}
+    report = {"recipe": recipe.name, "recipe_sha256": recipe.sha256, "models": models, "notes": notes,
+              "manifest_sha256": manifests}
     # what later commands (`edgetier cascade`) need to rebuild the run's data splits
     run_info = {"recipe": recipe.name, "recipe_path": str(recipe.path.resolve()), "recipe_sha256": recipe.sha256,
                 "seed": seed, "data": {"dataset": recipe.data.dataset, **recipe.data.options},
@@ -307,7 +320,7 @@ def _write_run_report(run_dir: Path, recipe: Recipe, models: list[dict[str, Any]
     for name, text in (("report.json", json.dumps(report, indent=2, sort_keys=True)),
                        ("report.md", render_markdown(report, figures_in_bundles=True)),
                        ("run.json", json.dumps(run_info, indent=2, sort_keys=True))):
-        tmp = run_dir / f".{name}.tmp"
+        tmp = run_dir / f".{name}.tmp-{secrets.token_hex(4)}"
         tmp.write_text(text + "\n", encoding="utf-8")
         os.replace(tmp, run_dir / name)
     write_report_html(run_dir)

@@ -8,10 +8,12 @@ which the device runtime shares.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import secrets
 import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -101,9 +103,17 @@ def write_bundle(
 
 
 def _swap_in(tmp: Path, out: Path) -> None:
+    """Put the complete bundle `tmp` at `out`. On Linux an existing bundle is exchanged atomically
+    (renameat2 RENAME_EXCHANGE), so `out` is never missing, even if the process is killed; elsewhere the
+    old bundle is renamed aside first, and a kill between the two renames leaves it as `.<name>.old-*`,
+    which the next run puts back (`compress.runlock.clean_leftovers`)."""
     if not out.exists():
         os.rename(tmp, out)
         _fsync_dir(out.parent)
+        return
+    if _exchange(tmp, out):  # tmp now holds the old bundle
+        _fsync_dir(out.parent)
+        shutil.rmtree(tmp, ignore_errors=True)
         return
     old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
     os.rename(out, old)
@@ -114,6 +124,20 @@ def _swap_in(tmp: Path, out: Path) -> None:
         raise
     _fsync_dir(out.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux's renameat2(RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # glibc < 2.28, musl without it
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return result == 0  # EINVAL / ENOSYS (file system without exchange): the two-rename fallback
 
 
 def _check_replaceable(out: Path) -> None:

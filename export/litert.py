@@ -14,7 +14,10 @@ with the same code. What the adapter adds over the bare interpreter:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +37,26 @@ class _Input:
     type: str = "tensor(float)"
 
 
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 pointed at /dev/null for the block.
+
+    LiteRT's C++ logger writes "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." straight to
+    fd 2 when an interpreter is created, whatever TF_CPP_MIN_LOG_LEVEL says; Python's sys.stderr
+    cannot catch it. Errors still reach the user: the interpreter raises them as Python exceptions.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class TFLiteSession:
     """An ai-edge-litert Interpreter with onnxruntime's `run(output_names, feed)` calling convention.
 
@@ -45,8 +68,9 @@ class TFLiteSession:
         from ai_edge_litert.interpreter import Interpreter  # only a LiteRT device needs it
 
         try:
-            self._interp = Interpreter(model_path=os.fspath(path), num_threads=threads)
-            self._interp.allocate_tensors()
+            with native_stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+                self._interp = Interpreter(model_path=os.fspath(path), num_threads=threads)
+                self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as err:
             raise BundleError(f"LiteRT cannot open the model ({str(err).splitlines()[0]})", where=os.fspath(path),
                               fix="re-export the bundle; the file is not a .tflite model this LiteRT can run") from None

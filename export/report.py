@@ -54,7 +54,7 @@ def render_markdown(report: Mapping[str, Any], *, figures_in_bundles: bool = Fal
     lines = [
         f"# {_cell(report.get('recipe', 'edgetier report'))}",
         "",
-        _LEGEND,
+        _legend(models),
         "",
         "| " + " | ".join(_COLUMNS) + " |",
         # Text columns left-aligned, numbers right-aligned so digits line up when rendered.
@@ -73,11 +73,19 @@ def render_markdown(report: Mapping[str, Any], *, figures_in_bundles: bool = Fal
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-_LEGEND = (
-    "Size is the exported file on disk; compressed is that file after DEFLATE (storage when shipped "
-    "compressed; the runtime loads the uncompressed file). Latency here is measured at batch 1 in onnxruntime on "
-    "the machine that built the report; the estimate is for the target, from its datasheet figures."
-)
+_RUNTIME_NAMES = {"onnxruntime": "onnxruntime", "litert": "LiteRT"}
+
+
+def _legend(models: Sequence[Any]) -> str:
+    """The table's legend, naming the runtime(s) the latency was actually measured in (from each model's
+    `runtime`; a LiteRT bundle is timed in LiteRT, not onnxruntime)."""
+    runtimes = sorted({_RUNTIME_NAMES.get(str(m.get("runtime")), str(m.get("runtime")))
+                       for m in models if isinstance(m, Mapping) and m.get("runtime")})
+    where = (f"in {runtimes[0]}" if len(runtimes) == 1 else
+             f"in each bundle's own runtime ({', '.join(runtimes)})" if runtimes else "in each bundle's runtime")
+    return ("Size is the exported file on disk; compressed is that file after DEFLATE (storage when shipped "
+            f"compressed; the runtime loads the uncompressed file). Latency here is measured at batch 1 {where} on "
+            "the machine that built the report; the estimate is for the target, from its datasheet figures.")
 
 
 def _row(model: Mapping[str, Any], first_bytes: Any) -> list[str]:

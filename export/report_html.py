@@ -21,7 +21,7 @@ from typing import Any
 from export.errors import ExplainedError, ExportError
 from export.manifest import verify_bundle
 from export.plot import pareto_svg
-from export.report import _COLUMNS, _LEGEND, _number, _row
+from export.report import _COLUMNS, _legend, _number, _row
 
 __all__ = ["render_html", "write_report_html"]
 
@@ -68,7 +68,7 @@ def render_html(report: Mapping[str, Any], *, bundles_dir: str | Path | None = N
     ]
     if report.get("recipe_sha256"):
         parts.append(f'<p class="sub">recipe sha256 <code>{html.escape(str(report["recipe_sha256"]))}</code></p>')
-    parts += ["<h2>Models</h2>", _table(models), f'<p class="sub">{html.escape(_LEGEND)}</p>']
+    parts += ["<h2>Models</h2>", _table(models), f'<p class="sub">{html.escape(_legend(models))}</p>']
     parts += ["<h2>Accuracy against size and latency</h2>", _plots(models)]
     parts += ["<h2>Verification</h2>", _verification(models, root)]
     notes = [str(n) for n in report.get("notes", ())]

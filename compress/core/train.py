@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from compress.core.context import Progress, SilentProgress
+from compress.core.errors import EdgetierError
 from compress.core.technique import HookSet
 
 
@@ -58,6 +59,16 @@ def _optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
 
 
+class DivergedError(EdgetierError):
+    """Training whose loss or weights stopped being finite numbers: the stage stops there."""
+
+
+def _diverged(description: str, what: str, epoch: int, spec: TrainSpec) -> DivergedError:
+    return DivergedError(f"training diverged: {what} in epoch {epoch + 1} (lr {spec.lr:g}, batch_size "
+                         f"{spec.batch_size}); nothing after this point would mean anything", where=description,
+                         fix="lower the learning rate (lr), and check the data for NaN or huge values")
+
+
 def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], spec: TrainSpec, *,
         hooks: HookSet | None = None, val: tuple[np.ndarray, np.ndarray] | None = None, seed: int = 0,
         progress: Progress | None = None, description: str = "train") -> History:
@@ -68,6 +79,9 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], spec: TrainSpec,
     >>> history = fit(model, (x, y), TrainSpec(epochs=30, lr=0.05, batch_size=16), val=(x, y))
     >>> history.val_accuracy[-1] > 0.9
     True
+
+    A loss that is not finite stops training with a `DivergedError` before the step that would
+    spread it into the weights.
     """
     hooks = hooks or HookSet()
     progress = progress or SilentProgress()
@@ -89,6 +103,9 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], spec: TrainSpec,
             inputs, targets = xs[idx], ys[idx]
             outputs = model(inputs)
             loss = F.cross_entropy(outputs, targets) + hooks.loss(model, inputs, outputs, targets)
+            value = float(loss.detach())
+            if not np.isfinite(value):
+                raise _diverged(description, f"the loss became {value}", epoch, spec)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             hooks.after_backward(model)
@@ -96,9 +113,11 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], spec: TrainSpec,
             if scheduler is not None:
                 scheduler.step()
             hooks.after_step(model)
-            total += float(loss.detach()) * len(idx)
+            total += value * len(idx)
             progress.advance(task)
         hooks.epoch_end(model, epoch)
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise _diverged(description, "the weights are no longer finite", epoch, spec)
         losses.append(total / max(len(xs), 1))
         if val is not None:
             accs.append(evaluate(model, val))

@@ -58,11 +58,11 @@ class FeatureDistillConfig(TechniqueConfig):
 
     kind: Literal["feature_distill"] = "feature_distill"
     loss: Literal["cosine", "mse"] = Field("cosine", description="1 - cosine similarity, or mean squared error")
-    output_weight: float = Field(1.0, ge=0, description="weight of the prediction term (0: intermediate layers only)")
+    output_weight: float = Field(1.0, ge=0, le=1000, description="weight of the prediction term (0: intermediate layers only)")
     output: OutputSpec | None = Field(None, description="which output is the representation; default: the model "
                                       "adapter's choice (logits, else last_hidden_state mean-pooled)")
     layers: tuple[LayerPair, ...] = Field((), description="intermediate layers to match, student → teacher")
-    adapter_lr: float = Field(1e-3, gt=0, description="learning rate of the linear maps between layer widths")
+    adapter_lr: float = Field(1e-3, gt=0, le=10, description="learning rate of the linear maps between layer widths")
     teacher_checkpoint: str | None = Field(None, description="state_dict of the cloud architecture to distill from")
 
     @model_validator(mode="after")

@@ -34,7 +34,7 @@ class DistillConfig(TechniqueConfig):
     """
 
     kind: Literal["distill"] = "distill"
-    temperature: float = Field(4.0, gt=0, description="softmax temperature T of the soft targets")
+    temperature: float = Field(4.0, gt=0, le=100, description="softmax temperature T of the soft targets")
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the distillation term; 1 - alpha on the labels")
     teacher_checkpoint: str | None = Field(
         None, description="state_dict of the cloud architecture to distill from instead of the trained cloud model")

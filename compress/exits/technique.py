@@ -36,7 +36,7 @@ class EarlyExitConfig(TechniqueConfig):
         "pool_fc", description="exit branch: pool+FC, conv+pool+FC (BranchyNet), or two depthwise-separable "
                                "conv blocks (the first strided, 2x channels) + pool + FC: a wider receptive field "
                                "for exits after early stages")
-    head_kernel: int = Field(3, ge=1, description="kernel size of the head's convs (odd; e.g. the backbone's)")
+    head_kernel: int = Field(3, ge=1, le=31, description="kernel size of the head's convs (odd; e.g. the backbone's)")
     weights: tuple[float, ...] | None = Field(
         None, description="loss weight per exit and then the final classifier (eq. 6); default all 1")
     criterion: Literal["confidence", "entropy", "normalized_entropy"] = "normalized_entropy"

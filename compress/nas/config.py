@@ -59,10 +59,10 @@ class Budget(_Strict):
 class ProxySpec(_Strict):
     """The short training that scores a candidate: `epochs` on the first `samples` of the train split."""
 
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(3, ge=1, le=10_000)
     samples: int | None = Field(2000, ge=1, description="train samples used (None: all)")
-    lr: float = Field(3e-3, gt=0)
-    batch_size: int = Field(128, ge=1)
+    lr: float = Field(3e-3, gt=0, le=10)
+    batch_size: int = Field(128, ge=1, le=65_536)
     schedule: Literal["constant", "cosine"] = Field(
         "cosine", description="learning-rate schedule of the proxy training (cosine: a short run still converges)")
 
@@ -80,26 +80,26 @@ class NASConfig(TechniqueConfig):
         "evolution", description="random / evolution: NNI's Random / RegularizedEvolution, each candidate trained "
                                  "by the proxy; spos: single-path one-shot (compress/nas/oneshot.py), a weight-sharing "
                                  "supernet trained once, then evolution scoring candidates with inherited weights")
-    trials: int = Field(20, ge=1, description="candidates trained (spos: scored; rejected ones do not count)")
-    population: int = Field(8, ge=2, description="evolution: population size (first ones random)")
-    sample_size: int = Field(4, ge=1, description="evolution: tournament size")
+    trials: int = Field(20, ge=1, le=10_000, description="candidates trained (spos: scored; rejected ones do not count)")
+    population: int = Field(8, ge=2, le=10_000, description="evolution: population size (first ones random)")
+    sample_size: int = Field(4, ge=1, le=10_000, description="evolution: tournament size")
     mutation_prob: float = Field(0.3, gt=0, le=1, description="evolution: chance to resample each choice")
-    batch: int = Field(4, ge=1, description="trials per generation: run together, in parallel on Ray; results "
+    batch: int = Field(4, ge=1, le=1024, description="trials per generation: run together, in parallel on Ray; results "
                                              "reach the strategy in submission order, so the search does not "
                                              "depend on the number of workers")
     budget: Budget = Field(default_factory=Budget)
     proxy: ProxySpec = Field(default_factory=ProxySpec)
-    finalists: int = Field(1, ge=1, description="the best candidates by proxy accuracy retrained on the whole "
+    finalists: int = Field(1, ge=1, le=100, description="the best candidates by proxy accuracy retrained on the whole "
                                                 "train split for `final_epochs` and compared on validation; the "
                                                 "most accurate is chosen (a short proxy ranks near-ties noisily)")
-    final_epochs: int | None = Field(None, ge=1, description="epochs of the finalists' training (default: the "
+    final_epochs: int | None = Field(None, ge=1, le=10_000, description="epochs of the finalists' training (default: the "
                                                              "proxy's), same lr, batch size and schedule")
-    supernet_epochs: int = Field(6, ge=1, description="spos: epochs of supernet training (proxy samples, lr, "
+    supernet_epochs: int = Field(6, ge=1, le=10_000, description="spos: epochs of supernet training (proxy samples, lr, "
                                                        "batch size); spos runs in-process, whatever `executor`")
     executor: Literal["inprocess", "ray"] = Field("inprocess", description="where trials train")
     address: str | None = Field(None, description="ray: an existing cluster ('auto', 'ray://host:10001'); "
                                                   "None starts a local instance")
-    workers: int = Field(2, ge=1, description="ray: CPUs of the local instance (one trial per CPU)")
+    workers: int = Field(2, ge=1, le=1024, description="ray: CPUs of the local instance (one trial per CPU)")
 
     def check_target(self, target: Target) -> None:
         if self.budget.precision not in target.compute.throughput_gmacs:

@@ -39,8 +39,8 @@ class PartitionConfig(TechniqueConfig):
     tiers: tuple[str, ...] = Field(default=("end", "cloud"), min_length=2, description="tiers or target names")
     objective: Literal["latency"] = "latency"
     crossing_dtype: Literal["fp32", "fp16", "int8"] = "fp32"
-    bandwidth_mbps: float | None = Field(default=None, gt=0, description="override the first link's bandwidth")
-    rtt_ms: float | None = Field(default=None, ge=0, description="override the first link's round trip")
+    bandwidth_mbps: float | None = Field(default=None, gt=0, le=1_000_000, description="override the first link's bandwidth")
+    rtt_ms: float | None = Field(default=None, ge=0, le=600_000, description="override the first link's round trip")
 
 
 class Partition(BaseTechnique):

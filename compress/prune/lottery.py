@@ -57,7 +57,7 @@ class LotteryTicketConfig(TechniqueConfig):
     """
 
     kind: Literal["lottery_ticket"] = "lottery_ticket"
-    rounds: int = Field(5, ge=1, description="prune-rewind-retrain rounds")
+    rounds: int = Field(5, ge=1, le=50, description="prune-rewind-retrain rounds")
     ratio: float = Field(0.2, description="fraction of the remaining weights removed each round, in (0, 1)")
     granularity: Literal["unstructured", "structured"] = Field(
         "unstructured", description="remove single weights (masks; the file stays dense) or whole output channels "
@@ -66,9 +66,9 @@ class LotteryTicketConfig(TechniqueConfig):
                                               "within each (structured rounds are always per layer)")
     rewind: Literal["init"] | int = Field("init", description="rewind survivors to the weights apply received "
                                           "(init) or to those after this many optimizer steps of round 0")
-    epochs: int = Field(5, ge=1, description="training epochs of every round (round 0 included)")
-    lr: float = Field(1e-3, gt=0, description="learning rate of every round (Adam)")
-    batch_size: int = Field(128, ge=1, description="batch size of every round")
+    epochs: int = Field(5, ge=1, le=10_000, description="training epochs of every round (round 0 included)")
+    lr: float = Field(1e-3, gt=0, le=10, description="learning rate of every round (Adam)")
+    batch_size: int = Field(128, ge=1, le=65_536, description="batch size of every round")
     control: Literal["every_round", "last_round", "none"] = Field(
         "every_round", description="train the random-reinitialization control in every round, the last, or never")
 

@@ -46,8 +46,8 @@ class SnipConfig(TechniqueConfig):
 
     kind: Literal["snip"] = "snip"
     ratio: float = Field(..., description="fraction of the selected weights removed, in (0, 1)")
-    batches: int = Field(1, ge=1, description="train batches whose summed gradients give the sensitivity")
-    batch_size: int = Field(128, ge=1, description="samples per batch (Lee et al. use one batch of 100-128)")
+    batches: int = Field(1, ge=1, le=10_000, description="train batches whose summed gradients give the sensitivity")
+    batch_size: int = Field(128, ge=1, le=65_536, description="samples per batch (Lee et al. use one batch of 100-128)")
 
     @field_validator("ratio")
     @classmethod

@@ -74,12 +74,12 @@ class StructuredPruneConfig(TechniqueConfig):
     importance: Literal["l1", "l2", "taylor", "bn_scale"] = Field(
         "l2", description="channel score: weight magnitude (l1, l2), first-order Taylor |g·w| on train batches, or "
                           "BatchNorm scale (network slimming)")
-    steps: int = Field(1, ge=1, description="iterative pruning steps, each removing an equal share")
-    finetune_epochs: int = Field(0, ge=0, description="epochs of training on the train split after every step "
+    steps: int = Field(1, ge=1, le=100, description="iterative pruning steps, each removing an equal share")
+    finetune_epochs: int = Field(0, ge=0, le=10_000, description="epochs of training on the train split after every step "
                                  "but the last")
-    finetune_lr: float = Field(1e-3, gt=0, description="learning rate of the fine-tuning between steps")
-    taylor_batches: int = Field(8, ge=1, description="taylor: train batches whose gradients score the channels")
-    channel_multiple: int | None = Field(None, ge=1, description="round kept channels to multiples of this; "
+    finetune_lr: float = Field(1e-3, gt=0, le=10, description="learning rate of the fine-tuning between steps")
+    taylor_batches: int = Field(8, ge=1, le=10_000, description="taylor: train batches whose gradients score the channels")
+    channel_multiple: int | None = Field(None, ge=1, le=1024, description="round kept channels to multiples of this; "
                                          "default: the target's channel_multiple")
 
     @field_validator("ratio", "macs_ratio", "heads", "mlp")

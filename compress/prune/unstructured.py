@@ -60,8 +60,8 @@ class UnstructuredPruneConfig(TechniqueConfig):
     initial_ratio: float = Field(0.0, ge=0, description="gradual: sparsity at the start of the schedule")
     ramp: float = Field(0.75, gt=0, le=1, description="gradual: fraction of the training steps over which sparsity "
                         "rises; the rest fine-tunes at `ratio`")
-    every: int = Field(10, ge=1, description="gradual: optimizer steps between two mask updates")
-    steps: int | None = Field(None, ge=1, description="gradual: optimizer steps the schedule spans; default: the "
+    every: int = Field(10, ge=1, le=1_000_000, description="gradual: optimizer steps between two mask updates")
+    steps: int | None = Field(None, ge=1, le=10_000_000, description="gradual: optimizer steps the schedule spans; default: the "
                               "stage's train epochs × batches per epoch of the train split")
 
     @field_validator("ratio")

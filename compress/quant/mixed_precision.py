@@ -73,12 +73,12 @@ class MixedPrecisionConfig(TechniqueConfig):
     act_bits: int | None = Field(None, description="activation bits (2-8); default: 8 when the target runs int8")
     weight_only: bool = Field(False, description="quantize weights only; activations stay float")
     per_channel: bool = Field(True, description="one weight scale per output channel (else one per tensor)")
-    calib_samples: int = Field(256, gt=0, description="calibration samples that initialize the activation scales")
-    sensitivity_samples: int = Field(1024, gt=0, description="samples (calibration split, then validation split) "
+    calib_samples: int = Field(256, gt=0, le=100_000, description="calibration samples that initialize the activation scales")
+    sensitivity_samples: int = Field(1024, gt=0, le=100_000, description="samples (calibration split, then validation split) "
                                      "on which each layer's loss change is measured")
-    trials: int = Field(2, ge=0, description="Pareto points within budget tried besides the best uniform width and "
+    trials: int = Field(2, ge=0, le=1000, description="Pareto points within budget tried besides the best uniform width and "
                         "the sensitivity optimum")
-    trial_epochs: int = Field(1, ge=0, description="epochs of QAT each candidate gets before they are compared on "
+    trial_epochs: int = Field(1, ge=0, le=1000, description="epochs of QAT each candidate gets before they are compared on "
                               "validation (0: compared right after quantization)")
     pareto_points: int = Field(12, ge=2, le=100, description="budgets sampled for the sensitivity-size curve")
 

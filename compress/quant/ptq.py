@@ -29,7 +29,7 @@ class PTQInt8Config(TechniqueConfig):
 
     kind: Literal["ptq_int8"] = "ptq_int8"
     per_channel: bool = Field(True, description="one weight scale per output channel (else per tensor)")
-    calib_samples: int = Field(256, gt=0, description="calibration samples drawn from the calib split")
+    calib_samples: int = Field(256, gt=0, le=100_000, description="calibration samples drawn from the calib split")
 
     @model_validator(mode="after")
     def _whole_graph_only(self) -> PTQInt8Config:

@@ -60,7 +60,7 @@ class QATConfig(TechniqueConfig):
     per_channel: bool = Field(True, description="one weight scale per output channel (else one per tensor)")
     layers: dict[str, int] = Field(default_factory=dict, description="selector -> weight bits for those layers, "
                                    "overriding weight_bits (later entries win)")
-    calib_samples: int = Field(256, gt=0, description="calibration samples that initialize the activation scales")
+    calib_samples: int = Field(256, gt=0, le=100_000, description="calibration samples that initialize the activation scales")
 
     @field_validator("weight_bits", "act_bits")
     @classmethod

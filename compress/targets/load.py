@@ -105,7 +105,8 @@ def _read_mapping(path: Path, shown: str) -> dict[str, Any]:
             fix="check the path, or give a shipped target name (see `edgetier targets list`)",
         )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # libyaml's safe loader when available: a recipe load parses up to three targets
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except UnicodeDecodeError:
         raise TargetError("the file is not UTF-8 text, so it is not YAML", where=shown,
                           fix="point at the target's .yaml file") from None
