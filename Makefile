@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup quickstart test lint benchmark clean
+.PHONY: setup quickstart test lint benchmark docs docs-build clean
 
 $(BIN)/edgetier: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,19 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# The documentation site: `make docs` serves it on http://127.0.0.1:8000, `make docs-build` writes
+# site/ and fails on any warning (broken link, missing reference). The two variables silence a
+# plugin's banner about MkDocs 2.
+DOCS_ENV := NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true
+
+docs: setup
+	$(DOCS_ENV) $(BIN)/mkdocs serve -a 127.0.0.1:8000
+
+docs-build: setup
+	$(DOCS_ENV) $(BIN)/mkdocs build --strict
+
 benchmark: setup
 	$(BIN)/python -m pytest -q -m benchmark
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs site .pytest_cache

@@ -26,6 +26,7 @@ from compress.targets import load_target
 from compress.targets.latency import estimate_latency, transfer_ms
 from export.cascade import Cascade, Tier
 from export.policy import score
+from export.report_html import write_report_html
 from export.runtime import Bundle
 from export.runtime import load as load_bundle
 
@@ -147,6 +148,7 @@ def simulate(run_dir: str | Path, *, tiers: list[str] | None = None, target_accu
         tmp = root / f".{name}.tmp"
         tmp.write_text(text + "\n", encoding="utf-8")
         os.replace(tmp, root / name)
+    write_report_html(root)  # the run's page now shows the simulation too
     return result
 
 

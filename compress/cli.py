@@ -83,7 +83,9 @@ def run(recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
         profile: Annotated[Path | None, typer.Option(
             help="device profile JSON (edgetier profile BUNDLE) to estimate its target's latency")] = None,
         executor: Annotated[str | None, typer.Option(
-            help="where NAS trials train: inprocess or ray (overrides the recipe's `executor`)")] = None) -> None:
+            help="where NAS trials train: inprocess or ray (overrides the recipe's `executor`)")] = None,
+        trust_code: Annotated[bool, typer.Option(
+            "--trust-code", help="allow the recipe's model/data factories to be imported and run")] = False) -> None:
     """Train or load the cloud model, build every variant, export, verify and report."""
     from compress.core.errors import EdgetierError
     from compress.pipeline import run as run_pipeline
@@ -96,7 +98,7 @@ def run(recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
         with RichProgress(err) as progress:
             result = run_pipeline(loaded, out_dir=out_dir, variants=variant, resume=resume, seed=seed,
                                   progress=progress, log=lambda msg: err.print(f"[dim]{msg}[/dim]"), profile=profile,
-                                  executor=executor)
+                                  executor=executor, trust_code=trust_code)
     except KeyboardInterrupt:
         err.print("interrupted: finished stages are checkpointed; rerun with --resume to continue")
         raise typer.Exit(130) from None
@@ -116,44 +118,88 @@ def validate(recipe: Annotated[Path, typer.Argument(help="recipe YAML file")]) -
         plan = loaded.resolve(name)
         stages = ", ".join(f"{s.name} ({s.kind})" for s in plan.stages) or "no stages"
         out.print(f"{name}: {plan.target.name} [{plan.target.tier}, {plan.target.runtime}] — {stages}")
+    for _, spec in loaded.factories():
+        out.print(f"note: runs code from factory {spec!r} (not imported by validate); `run` needs --trust-code")
     out.print(f"{recipe}: valid")
 
 
 @app.command()
-def inspect(bundle: Annotated[Path, typer.Argument(help="bundle folder")]) -> None:
+def inspect(bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+            public_key: Annotated[Path | None, typer.Option(
+                "--public-key", help="Ed25519 public key (PEM): verify the bundle's signature first")] = None) -> None:
     """Verify a bundle's hashes; show its input, operators, tensor precisions, sizes and report; re-run parity."""
+    from export.bundle_check import read_report
     from export.inspect import describe, rerun_parity
+    from export.signing import signature_status
 
-    info = describe(bundle)
+    status = signature_status(bundle, public_key)
+    info = describe(bundle, public_key=public_key)
     manifest = info["manifest"]
-    table = Table(title=f"{bundle} — every sha256 verified")
+    table = Table(title=f"{bundle} — every sha256 verified; {status}")
     for col in ("file", "bytes", "sha256"):
         table.add_column(col, justify="right" if col == "bytes" else "left")
     for name, entry in sorted(manifest["files"].items()):
         table.add_row(name, f"{entry['bytes']:,}", entry["sha256"])
     out.print(table)
-    model = manifest["model"]
-    out.print(f"variant {manifest['variant']} · target {manifest['target']['name']} ({manifest['target']['tier']}, "
-              f"{manifest['target'].get('runtime', '?')}) · model {model.get('file', 'segments')} [{model['format']}, "
-              f"{model['precision']}] · input {manifest['input']['name']} {manifest['input']['shape']} "
-              f"{manifest['input']['dtype']} · recipe {manifest['recipe']['name']} {manifest['recipe']['sha256'][:12]} · "
-              f"edgetier {manifest['toolkit']['version']}", highlight=False)
+    model, target, inp = manifest["model"], _obj(manifest, "target"), _obj(manifest, "input")
+    recipe, toolkit = _obj(manifest, "recipe"), _obj(manifest, "toolkit")
+    out.print(f"variant {manifest.get('variant', '?')} · target {target.get('name', '?')} ({target.get('tier', '?')}, "
+              f"{target.get('runtime', '?')}) · model {model.get('file', 'segments')} [{model.get('format', '?')}, "
+              f"{model.get('precision', '?')}] · input {inp.get('name', '?')} {inp.get('shape', '?')} "
+              f"{inp.get('dtype', '?')} · recipe {recipe.get('name', '?')} {str(recipe.get('sha256', '?'))[:12]} · "
+              f"edgetier {toolkit.get('version', '?')} · {status}", highlight=False, markup=False)
     for m in info["models"]:
         ops = ", ".join(f"{k} x{v}" for k, v in m["operators"].items())
         precisions = ", ".join(f"{k}: {v}" for k, v in m["tensor_precisions"].items())
         out.print(f"{m['file']} ({m['format']}, {m['bytes']:,} bytes) — operators: {ops}; tensors by dtype: {precisions}",
                   highlight=False)
-    parity = rerun_parity(bundle)
+    parity = rerun_parity(bundle, public_key=public_key)
     if parity is None:
         out.print("parity: this bundle has no parity.npz (exported by an older edgetier); not re-run")
     else:
         out.print(f"parity re-run on {parity['samples']} stored samples: max |diff| {parity['max_abs_diff']:.3g}, "
                   f"top-1 agreement {parity['top1_agreement']:.1%} ({parity['rule']}): "
                   + ("passed" if parity["passed"] else "FAILED"), highlight=False)
-    report = json.loads((bundle / "report.json").read_text(encoding="utf-8"))
+    report = read_report(bundle, manifest)
     out.print(summary_table(report["models"], "report (measured on the exported file)"))
     if parity is not None and not parity["passed"]:
         raise typer.Exit(1)
+
+
+def _obj(manifest: dict[str, Any], key: str) -> dict[str, Any]:
+    value = manifest.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+@app.command()
+def keygen(private_key: Annotated[Path, typer.Argument(help="where to write the private key (PEM); the public "
+                                                            "key goes next to it as NAME.pub.pem")]) -> None:
+    """Create an Ed25519 key pair for signing bundles (same as openssl genpkey -algorithm ed25519)."""
+    from export.signing import generate_keypair
+
+    private, public = generate_keypair(private_key)
+    out.print(f"written: {private} (private: keep it secret), {public} (give this to devices)")
+
+
+@app.command()
+def sign(bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+         key: Annotated[Path, typer.Option("--key", help="Ed25519 private key (PEM)")]) -> None:
+    """Sign a bundle's manifest (which hashes every file) with an Ed25519 key: writes manifest.sig."""
+    from export.bundle_check import open_bundle
+    from export.signing import sign_bundle
+
+    open_bundle(bundle)  # vouch only for a bundle that passes every check
+    out.print(f"written: {sign_bundle(bundle, key)}")
+
+
+@app.command()
+def verify(bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+           public_key: Annotated[Path, typer.Option("--public-key", help="Ed25519 public key (PEM)")]) -> None:
+    """Check a bundle's signature, then every file against the signed manifest."""
+    from export.bundle_check import open_bundle
+
+    open_bundle(bundle, public_key=public_key)
+    out.print(f"{bundle}: signature valid, every file matches the signed manifest")
 
 
 @app.command()
@@ -182,6 +228,56 @@ def cascade(run_dir: Annotated[Path, typer.Argument(help="run folder written by 
     result = simulate(run_dir, tiers=tiers.split(",") if tiers else None, target_accuracy=target_accuracy)
     out.print(render_cascade(result), markup=False, highlight=False)
     out.print(f"written: {run_dir / 'cascade.json'}, {run_dir / 'cascade.md'}")
+
+
+@app.command()
+def partition(path: Annotated[Path, typer.Argument(help="run folder or bundle (its ONNX model is planned)")],
+              tiers: Annotated[str, typer.Option(help="tiers or targets, device first, e.g. end,cloud")] = "end,cloud",
+              bandwidth: Annotated[float | None, typer.Option(help="first link's bandwidth, Mbit/s")] = None,
+              rtt: Annotated[float | None, typer.Option(help="first link's round trip, ms")] = None,
+              crossing_dtype: Annotated[str, typer.Option(help="fp32, fp16 or int8")] = "fp32",
+              out_dir: Annotated[Path | None, typer.Option("--out", help="also write split bundles here")] = None,
+              calib: Annotated[Path | None, typer.Option(help="calibration inputs (.npy) for int8")] = None) -> None:
+    """Plan where to cut the model between tiers (DADS min-cut), side by side with the extremes."""
+    from compress.partition.command import partition_command
+
+    if crossing_dtype not in ("fp32", "fp16", "int8"):
+        from compress.core.errors import EdgetierError
+
+        raise EdgetierError(f"unknown crossing dtype {crossing_dtype!r}", where="--crossing-dtype",
+                            fix="use fp32, fp16 or int8")
+    plan, bundles = partition_command(path, tiers.split(","), bandwidth_mbps=bandwidth, rtt_ms=rtt,
+                                      crossing_dtype=crossing_dtype, out_dir=out_dir, calib=calib)  # type: ignore[arg-type]
+    out.print(plan.render(), markup=False, highlight=False)
+    for b in bundles:
+        out.print(f"split bundle: {b}")
+
+
+@app.command()
+def serve(bundle: Annotated[Path, typer.Argument(help="bundle or split bundle to serve")],
+          tier: Annotated[str | None, typer.Option(help="refuse a bundle of another tier")] = None,
+          host: Annotated[str, typer.Option(help="listen address (0.0.0.0 only on a trusted network)")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="HTTP port")] = 8000,
+          address: Annotated[str | None, typer.Option(help="existing Ray cluster, e.g. auto")] = None,
+          replicas: Annotated[int, typer.Option(help="Serve replicas")] = 1) -> None:
+    """Serve a bundle's model or a split segment over HTTP with Ray Serve, until Ctrl-C."""
+    import time
+
+    from export.errors import BundleError
+    from export.manifest import verify_bundle
+    from export.serve import start, stop
+
+    manifest = verify_bundle(bundle)
+    if tier is not None and manifest.get("target", {}).get("tier") != tier:
+        raise BundleError(f"this bundle is for tier {manifest.get('target', {}).get('tier')!r}, not {tier!r}",
+                          where=str(bundle), fix="serve the bundle of that tier")
+    url = start(bundle, host=host, port=port, address=address, replicas=replicas)
+    out.print(f"serving {bundle} at {url} (POST /segment or /predict, GET /health); Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        stop()
 
 
 @targets_app.command("list")

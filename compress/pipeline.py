@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.compose import check_order
 from compress.core.context import Context, Progress, SilentProgress
 from compress.core.errors import EdgetierError, RecipeError
 from compress.core.report import StageReport
@@ -43,6 +44,7 @@ from compress.recipe import Plan, Recipe, data_options
 from compress.registry import build as build_technique
 from export.profile import load_profile
 from export.report import render_markdown
+from export.report_html import write_report_html
 
 Log = Callable[[str], None]
 
@@ -84,14 +86,29 @@ def _example_inputs(model: nn.Module, data: Dataset) -> tuple[torch.Tensor, ...]
 
 def run(recipe: Recipe, *, out_dir: str | Path = "runs", variants: list[str] | None = None, resume: bool = False,
         seed: int | None = None, progress: Progress | None = None, log: Log = lambda _msg: None,
-        executor: str | None = None, profile: str | Path | None = None) -> RunResult:
+        executor: str | None = None, profile: str | Path | None = None, trust_code: bool = False) -> RunResult:
     """Run `recipe` and return where its bundles are and their report entries.
 
     `variants` limits the run to those variants (the cloud bundle is always written). `executor`
     ("ray") runs the parallel work of stages that have some (NAS trials) there, whatever the recipe says.
     `profile` is a device profile (`export.runtime.profile`) whose measured latency replaces the
-    roofline estimate for its target.
+    roofline estimate for its target. A recipe whose model or data comes from a factory runs that
+    code only with `trust_code=True` (`edgetier run --trust-code`); otherwise nothing is done.
+
+    >>> import tempfile, pathlib, compress
+    >>> text = ("schema_version: 1\\nname: demo\\n"
+    ...         "model: {zoo: resnet2d, width: 8, train: {epochs: 1}}\\ndata: {dataset: digits}\\n"
+    ...         "stages: [{name: prune, kind: structured_prune, with: {ratio: 0.5}}]\\n"
+    ...         "variants: {edge: {target: jetson_orin_nano}}\\n")
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = pathlib.Path(d) / "demo.yaml"
+    ...     _ = path.write_text(text)
+    ...     result = run(compress.load_recipe(path), out_dir=d)
+    ...     cloud, edge = result.models
+    ...     sorted(result.bundles), edge["params"] < cloud["params"], (result.run_dir / "report.html").is_file()
+    (['cloud', 'edge'], True, True)
     """
+    check_trust(recipe, trust_code=trust_code)
     device_profile = load_profile(profile) if profile is not None else None
     seed = recipe.seed if seed is None else seed
     progress = progress or SilentProgress()
@@ -126,6 +143,19 @@ def run(recipe: Recipe, *, out_dir: str | Path = "runs", variants: list[str] | N
     return RunResult(run_dir=run_dir, bundles=bundles, models=models)
 
 
+def check_trust(recipe: Recipe, *, trust_code: bool) -> None:
+    """Refuse, before any work, a recipe that would call a factory the user has not said they trust."""
+    factories = recipe.factories()
+    if not factories or trust_code:
+        return
+    path, spec = factories[0]
+    named = ", ".join(f"{s!r} ({'.'.join(map(str, p))})" for p, s in factories)
+    raise RecipeError(f"this recipe runs code: the factory {named} would be imported and called, and a recipe "
+                      "is not trusted to run code unless you say so", where=recipe.where(path),
+                      fix=f"read the code of {spec.partition(':')[0]!r}; if you trust it, rerun with "
+                          "`edgetier run --trust-code` (Python: compress.run(recipe, trust_code=True))")
+
+
 def _load_data(recipe: Recipe, seed: int) -> Dataset:
     try:
         return load_dataset(recipe.data.dataset, seed=seed, **data_options(recipe))
@@ -141,6 +171,7 @@ def _check_plans(model: nn.Module, plans: list[Plan]) -> None:
         for i, stage in enumerate(plan.stages):
             try:
                 stage.config.check_model(model, plan.target)
+                check_order([(earlier.name, earlier.kind) for earlier in plan.stages[:i]], stage.name, stage.kind)
                 stage.config.check_after([earlier.config for earlier in plan.stages[:i]], model)
             except EdgetierError as exc:
                 raise RecipeError(exc.problem, where=recipe.where(("stages", stage.index, "with")),
@@ -284,3 +315,4 @@ def _write_run_report(run_dir: Path, recipe: Recipe, models: list[dict[str, Any]
         tmp = run_dir / f".{name}.tmp"
         tmp.write_text(text + "\n", encoding="utf-8")
         os.replace(tmp, run_dir / name)
+    write_report_html(run_dir)

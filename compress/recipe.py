@@ -14,17 +14,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, ValidationError, field_validator
 
+from compress.core.checkpoints import load_state_dict_file
 from compress.core.config import TechniqueConfig
 from compress.core.errors import EdgetierError, RecipeError
 from compress.core.train import TrainSpec
-from compress.core.yamlfile import KeyPath, format_path, load_yaml_mapping
+from compress.core.yamlfile import KeyPath, excerpt, format_path, load_yaml_mapping
 from compress.registry import REGISTRY, config_class
 from compress.targets import Target, load_target
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-RESERVED_VARIANTS = ("cloud",)
+# Names become folder and file names: a plain name, at most 64 characters. Pydantic's `pattern`
+# runs in Rust's regex, where `$` is the end of the text; Python code must use `re.fullmatch`
+# (Python's `$` also matches before a trailing newline: "end\n" would pass `re.match`).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# Folder and file names the run itself writes next to the bundles (names starting with "." are
+# already refused by the pattern: temporary folders use them).
+RESERVED_VARIANTS = ("cloud", "checkpoints", "report.json", "report.md", "run.json", "cascade.json", "cascade.md")
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds are unsigned 32-bit at most
 
 
 class _Strict(BaseModel):
@@ -34,11 +41,11 @@ class _Strict(BaseModel):
 class TrainPatch(_Strict):
     """Training settings as written in a recipe; unset fields fall back to `defaults.train`."""
 
-    epochs: int | None = Field(None, ge=0)
-    lr: float | None = Field(None, gt=0)
-    batch_size: int | None = Field(None, gt=0)
+    epochs: int | None = Field(None, ge=0, le=10_000, description="passes over the training split, 0 to 10000")
+    lr: float | None = Field(None, gt=0, le=10, description="learning rate, above 0 and at most 10")
+    batch_size: int | None = Field(None, ge=1, le=65_536, description="samples per step, 1 to 65536")
     optimizer: Literal["adam", "sgd"] | None = None
-    weight_decay: float | None = Field(None, ge=0)
+    weight_decay: float | None = Field(None, ge=0, le=1, description="L2 weight decay, 0 to 1")
     schedule: Literal["constant", "cosine"] | None = Field(None, description="learning-rate schedule: constant, or cosine decay to 0 over the run")
 
 
@@ -101,10 +108,10 @@ class Cloud(_Strict):
 class Recipe(_Strict):
     """A validated recipe. Build it with `load_recipe`; `resolve(variant)` gives a `Plan`."""
 
-    schema_version: Literal[1]
-    name: str = Field(pattern=NAME_PATTERN)
-    description: str = ""
-    seed: int = 0
+    schema_version: StrictInt = Field(ge=1, le=1, description="the recipe format version: 1")
+    name: str = Field(pattern=NAME_PATTERN, description="the run folder's name: letters, digits, _ . -, at most 64")
+    description: str = Field("", max_length=10_000)
+    seed: StrictInt = Field(0, ge=0, le=MAX_SEED, description=f"the run's seed, 0 to {MAX_SEED}")
     model: ModelSpec
     data: DataSpec
     defaults: Defaults = Field(default_factory=Defaults)
@@ -124,9 +131,29 @@ class Recipe(_Strict):
         if not variants:
             raise ValueError("a recipe needs at least one variant")
         for name in variants:
-            if name in RESERVED_VARIANTS or not re.match(NAME_PATTERN, name):
-                raise ValueError(f"variant name {name!r} is reserved or not a plain folder name")
+            if name in RESERVED_VARIANTS or not re.fullmatch(NAME_PATTERN, name):
+                raise ValueError(f"variant name {excerpt(name)} is reserved ({', '.join(RESERVED_VARIANTS)}) or not "
+                                 "a plain folder name (letters, digits, _ . -, not starting with . or -, at most 64)")
         return variants
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_stages(cls, stages: tuple[Stage, ...]) -> tuple[Stage, ...]:
+        names = [s.name for s in stages]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"stage name(s) {', '.join(map(repr, twice))} used more than once; overrides and "
+                             "checkpoints find stages by name")
+        return stages
+
+    def factories(self) -> list[tuple[KeyPath, str]]:
+        """The code this recipe would run: (key path, 'package.module:function') of each factory."""
+        found: list[tuple[KeyPath, str]] = []
+        if self.model.factory is not None:
+            found.append((("model", "factory"), self.model.factory))
+        if self.data.dataset == "factory" and self.data.options.get("factory") is not None:
+            found.append((("data", "factory"), str(self.data.options["factory"])))
+        return found
 
     # -- where things are ---------------------------------------------------------------------
     @property
@@ -193,8 +220,15 @@ class Recipe(_Strict):
         base = {**stage.with_, "kind": stage.kind}
         _validate(cls, base, self, (*spath, "with"))
         merged = {**base, **override}
-        return _validate(cls, merged, self, (*spath, "with"),
-                         override_keys=set(override), override_path=(*vpath, "overrides", stage.name))
+        config = _validate(cls, merged, self, (*spath, "with"),
+                           override_keys=set(override), override_path=(*vpath, "overrides", stage.name))
+        teacher = getattr(config, "teacher_checkpoint", None)
+        if teacher is not None:  # a recipe's paths are relative to the recipe, not the current folder
+            key = (*vpath, "overrides", stage.name) if "teacher_checkpoint" in override else (*spath, "with")
+            path = self.resolve_file(teacher).resolve()
+            load_state_dict_file(path, where=self.where((*key, "teacher_checkpoint")))
+            config = config.model_copy(update={"teacher_checkpoint": str(path)})
+        return config
 
     def cloud_target(self) -> Target:
         return self._target(self.cloud.target, ("cloud", "target"))
@@ -249,7 +283,7 @@ def _explain(err: dict[str, Any], cls: type[BaseModel] | None = None) -> str:
         return f"unknown key {err['loc'][-1]!r}"
     if err["type"] == "missing":
         return f"missing required key {err['loc'][-1]!r}"
-    return f"{err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})"
+    return f"{err['msg'].removeprefix('Value error, ')} (got {excerpt(err.get('input'))})"
 
 
 def _fix(err: dict[str, Any], cls: type[BaseModel] | None = None) -> str:
@@ -335,7 +369,8 @@ def _check_hf(recipe: Recipe) -> None:
 
 
 def _check_sources(recipe: Recipe) -> None:
-    """Model and data sources: zoo names and parameters, factories that import, checkpoints that exist."""
+    """Model and data sources: zoo names and parameters, factories that exist (never imported here: a
+    recipe runs code only with `trust_code`), checkpoints that load as state dicts."""
     from compress.datasets import check_spec as check_data_spec
     from compress.models import check_spec as check_model_spec
 
@@ -347,16 +382,13 @@ def _check_sources(recipe: Recipe) -> None:
                           fix="write `zoo: resnet1d` (a reference model) or `factory: package.module:function`")
     try:
         if m.hf is None:
-            check_model_spec(zoo=m.zoo, factory=m.factory, options=m.options)
+            check_model_spec(zoo=m.zoo, factory=m.factory, options=m.options, imports=False)
     except EdgetierError as exc:
         raise _rewrap(exc, recipe.where(("model", "zoo" if m.zoo else "factory"))) from None
-    if m.checkpoint is not None and not recipe.resolve_file(m.checkpoint).is_file():
-        raise RecipeError(f"checkpoint {str(recipe.resolve_file(m.checkpoint))!r} does not exist",
-                          where=recipe.where(("model", "checkpoint")),
-                          fix="give the path of a saved state_dict, relative to the recipe file, or remove the key "
-                              "to train the cloud model")
+    if m.checkpoint is not None:
+        load_state_dict_file(recipe.resolve_file(m.checkpoint), where=recipe.where(("model", "checkpoint")))
     try:
-        check_data_spec(recipe.data.dataset, data_options(recipe))
+        check_data_spec(recipe.data.dataset, data_options(recipe), seed=recipe.seed, imports=False)
     except EdgetierError as exc:
         raise _rewrap(exc, recipe.where(("data",))) from None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from compress.core.config import TechniqueConfig
 from compress.core.errors import RecipeError
 from compress.core.technique import BaseTechnique
+from compress.distill.feature import FeatureDistill
 from compress.distill.technique import Distill
 from compress.exits.technique import EarlyExit
 from compress.nas.technique import NAS
@@ -25,6 +26,7 @@ from compress.tune.finetune import Finetune
 
 REGISTRY: dict[str, type[BaseTechnique]] = {
     "distill": Distill,
+    "feature_distill": FeatureDistill,
     "early_exit": EarlyExit,
     "finetune": Finetune,
     "ptq_int8": PTQInt8,

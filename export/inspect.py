@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from export.bundle_check import model_file_error, read_parity
 from export.errors import BundleError
-from export.manifest import verify_bundle
 
 __all__ = ["PARITY_FILE", "describe", "parity_npz", "rerun_parity"]
 
@@ -36,16 +36,15 @@ def parity_npz(x: np.ndarray, reference: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def rerun_parity(bundle_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+def rerun_parity(bundle_dir: str | os.PathLike[str], *, public_key: Any = None) -> dict[str, Any] | None:
     """Run the stored inputs through the bundle's model again; None when the bundle has no `parity.npz`."""
     from export.runtime import load
 
     root = Path(bundle_dir)
-    bundle = load(root)
+    bundle = load(root, public_key=public_key)
     if PARITY_FILE not in bundle.manifest["files"]:
         return None
-    with np.load(root / PARITY_FILE) as data:
-        x, ref = data["x"], data["reference"]
+    x, ref = read_parity(root, bundle.manifest)
     got = bundle.predict(x)
     tol = bundle.manifest.get("target", {}).get("tolerance") or {}
     diff = np.abs(got.astype(np.float64) - ref)
@@ -60,7 +59,7 @@ def rerun_parity(bundle_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
             "rule": rule, "passed": passed}
 
 
-def describe(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
+def describe(bundle_dir: str | os.PathLike[str], *, public_key: Any = None) -> dict[str, Any]:
     """Verify every hash, then list the bundle's files, input, model files with operators and tensor dtypes.
 
     >>> import tempfile, pathlib
@@ -71,7 +70,10 @@ def describe(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
     ({'Gemm': 1}, {'float32': 2})
     """
     root = Path(bundle_dir)
-    manifest = verify_bundle(root)
+    from export.runtime import load
+
+    # the runtime's own load first: a file it cannot open gives the paragraph a device would give
+    manifest = load(root, public_key=public_key).manifest
     model = manifest.get("model", {})
     files = [s["file"] for s in model.get("segments", [])] or [model.get("file")]
     files += [a["file"] for a in model.get("alternates", [])]
@@ -80,7 +82,11 @@ def describe(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
         if name not in manifest["files"]:
             raise BundleError(f"model file {name!r} is not listed in the manifest's files", where=str(root),
                               fix="re-export the bundle")
-        models.append({"file": name, "bytes": manifest["files"][name]["bytes"], **_graph(root / name)})
+        try:
+            graph = _graph(root / name)
+        except Exception as err:  # protobuf DecodeError, flatbuffer struct.error, ...: a truncated or random file
+            raise model_file_error(name, root, err) from None
+        models.append({"file": name, "bytes": manifest["files"][name]["bytes"], **graph})
     return {"manifest": manifest, "files": manifest["files"], "input": manifest.get("input"), "models": models}
 
 

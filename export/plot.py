@@ -6,11 +6,12 @@ Points are dicts; `x` is a cost to minimise (latency, bytes) and `y` a score to 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["pareto_front", "pareto_plot"]
+__all__ = ["pareto_front", "pareto_plot", "pareto_svg"]
 
 
 def _value(point: Mapping[str, Any], key: str) -> float | None:
@@ -55,12 +56,47 @@ def pareto_plot(path: str | Path, points: Sequence[Mapping[str, Any]], *, x: str
     ...     out.stat().st_size > 1000
     True
     """
+    fig = _pareto_figure(points, x=x, y=y, label_x=label_x, label_y=label_y, chosen=chosen, title=title,
+                         maximize_y=maximize_y)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def pareto_svg(points: Sequence[Mapping[str, Any]], *, x: str, y: str, label_x: str, label_y: str,
+               title: str = "Pareto front", names: str | None = None, log_x: bool = False) -> str:
+    """The same plot as `pareto_plot`, as SVG text to inline in a page; `names` is the key of each
+    point's label, written beside it.
+
+    >>> svg = pareto_svg([{"kb": 100, "acc": 0.9, "n": "cloud"}, {"kb": 10, "acc": 0.8, "n": "end"}],
+    ...                  x="kb", y="acc", label_x="size (KiB)", label_y="accuracy", names="n")
+    >>> svg.startswith("<svg") and ">cloud</text>" in svg  # labels stay text: searchable, selectable
+    True
+    """
+    import io
+
+    fig = _pareto_figure(points, x=x, y=y, label_x=label_x, label_y=label_y, title=title, names=names,
+                         log_x=log_x)
+    import matplotlib
+
+    out = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text as <text>, not glyph outlines
+        fig.savefig(out, format="svg")
+    text = out.getvalue()
+    # drop the XML prolog, the doctype and the RDF metadata block: the SVG sits inside an HTML page
+    text = re.sub(r"<metadata>.*?</metadata>", "", text[text.index("<svg"):], flags=re.S)
+    return text
+
+
+def _pareto_figure(points: Sequence[Mapping[str, Any]], *, x: str, y: str, label_x: str, label_y: str,
+                   chosen: int | None = None, title: str, maximize_y: bool = True, names: str | None = None,
+                   log_x: bool = False) -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # files only: never open a window, work without a display
     from matplotlib.figure import Figure
 
-    path = Path(path)
     fig = Figure(figsize=(5.5, 4), dpi=110)  # a Figure, not pyplot: no global figure registry
     ax = fig.add_subplot()
     xy = [(_value(p, x), _value(p, y)) for p in points]
@@ -75,12 +111,16 @@ def pareto_plot(path: str | Path, points: Sequence[Mapping[str, Any]], *, x: str
     if chosen is not None and xy[chosen][0] is not None and xy[chosen][1] is not None:
         ax.scatter([xy[chosen][0]], [xy[chosen][1]], s=140, facecolors="none", edgecolors="tab:red", linewidths=2,
                    label="chosen", zorder=4)
+    if names is not None:
+        for point, (a, b) in zip(points, xy, strict=True):
+            if a is not None and b is not None:
+                ax.annotate(str(point.get(names, "")), (a, b), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    if log_x and shown and min(a for a, _ in shown) > 0:
+        ax.set_xscale("log")
     ax.set_xlabel(label_x)
     ax.set_ylabel(label_y)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right" if maximize_y else "upper right", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return fig

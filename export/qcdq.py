@@ -22,9 +22,11 @@ per-channel weight scale and a Conv bias would keep the integers and save those 
 onnxruntime then quantizes that float bias to int32 inside its QDQ fusion, and the rounding moved
 2 % of the outputs by up to 3 steps (measured): exact parity is worth more than ~10 KiB.
 
-The graph's opset is raised to the one these need (21 with INT4, 18 with packed int2); the other
-operators keep their meaning across those opsets, which the parity check against the brevitas
-model confirms on every export. The TorchScript exporter is used (`dynamo=False`): brevitas'
+The graph's opset is raised to the one these need (21 with INT4, 18 with packed int2) with
+`onnx.version_converter`, before packing, so every other operator is rewritten to its form at
+that opset (ReduceMean's `axes` became an input at 18, Pad gained `axes` at 18, ...): relabelling
+the opset alone left `x.mean((2, 3))` as an invalid ReduceMean. Tensor names are shortened in
+control-flow subgraphs too (`If` nodes, e.g. `squeeze(0)` on a dynamic batch). The TorchScript exporter is used (`dynamo=False`): brevitas'
 integer-weight export reads `data_ptr()`, which the dynamo exporter's fake tensors do not have.
 """
 
@@ -162,12 +164,12 @@ def pack_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Pac
     >>> stored, [n.op_type for n in packed.graph.node], packed.opset_import[0].version
     ({'w.weight': Packed(kind='int4', params=4)}, ['DequantizeLinear'], 21)
     """
-    model = _copy(model)
+    opset = _needed_opset(model)
+    model = _convert(model, opset) if opset > _opset(model) else _copy(model)
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     producers = {out: node for node in graph.node for out in node.output}
     stored: dict[str, Packed] = {}
-    opset = max(_opset(model), _BASE_OPSET)
     new_inits: list[TensorProto] = []
     new_nodes: list[tuple[onnx.NodeProto, list[onnx.NodeProto]]] = []
     for node in graph.node:
@@ -198,7 +200,6 @@ def pack_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Pac
             node.input[0] = nodes_2[-1].output[0]
         node.input[2] = f"{name}.zero_point"
         stored[name] = Packed(kind, int(values.size))
-        opset = max(opset, _OPSET_NEEDED[kind])
     graph.initializer.extend(new_inits)
     for consumer, nodes in new_nodes:  # the unpacking nodes go right before the DequantizeLinear they feed
         position = list(graph.node).index(consumer)
@@ -208,6 +209,32 @@ def pack_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Pac
     _shorten_names(graph, keep={*stored, *(f"{n}{suffix}" for n in stored for suffix in (".zero_point", ".packed"))})
     _set_opset(model, opset)
     return model, stored
+
+
+def _needed_opset(model: onnx.ModelProto) -> int:
+    """The opset the packed graph needs: the base one, or that of its narrowest weight storage."""
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    opset = max(_opset(model), _BASE_OPSET)
+    for node in model.graph.node:
+        found = _int8_weight(node, inits, producers)
+        if found is not None:
+            opset = max(opset, _OPSET_NEEDED[storage_type(found[2], found[3])])
+    return opset
+
+
+def _convert(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """`model` rewritten for `opset` by onnx's version converter (each operator in its form there)."""
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, opset)
+    except Exception as err:  # the converter raises bare RuntimeErrors / C++ errors without a type
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(f"the QCDQ graph cannot be converted from opset {_opset(model)} to opset {opset}, which "
+                          f"its low-bit weights need ({first})",
+                          fix="quantize the weights to 8 bits (opset 17 suffices), or replace the operator the "
+                              "converter names") from None
 
 
 def _int8_weight(node: onnx.NodeProto, inits: dict[str, TensorProto], producers: dict[str, onnx.NodeProto]
@@ -279,20 +306,48 @@ def _shorten_names(graph: onnx.GraphProto, *, keep: set[str]) -> None:
             return name
         return names.setdefault(name, f"t{len(names)}")
 
-    for init in graph.initializer:
-        init.name = short(init.name)
-    for node in graph.node:
-        node.name = ""
-        node.input[:] = [short(n) for n in node.input]
-        node.output[:] = [short(n) for n in node.output]
-    del graph.value_info[:]
+    def rename(g: onnx.GraphProto, *, outer: bool) -> None:
+        for init in g.initializer:
+            init.name = short(init.name)
+        if not outer:  # a subgraph's own inputs and outputs are internal names (the outer graph's are fixed)
+            for value in (*g.input, *g.output):
+                value.name = short(value.name)
+        for node in g.node:
+            node.name = ""
+            node.input[:] = [short(n) for n in node.input]
+            node.output[:] = [short(n) for n in node.output]
+            for sub in _subgraphs(node):  # they read outer tensors by name: one mapping for all scopes
+                rename(sub, outer=False)
+        del g.value_info[:]
+
+    rename(graph, outer=True)
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The bodies of a control-flow node (`If` branches, `Loop` / `Scan` bodies)."""
+    found = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            found.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            found.extend(attr.graphs)
+    return found
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """Every tensor name `node` reads, including those its subgraphs read from the outer scope."""
+    names = set(node.input)
+    for sub in _subgraphs(node):
+        for inner in sub.node:
+            names |= _reads(inner)
+    return names
 
 
 def _prune(graph: onnx.GraphProto) -> None:
     """Drop nodes whose outputs nobody uses, then initializers nobody reads; unlist initializers as inputs."""
     outputs = {o.name for o in graph.output}
     while True:
-        used = {i for node in graph.node for i in node.input} | outputs
+        used = {i for node in graph.node for i in _reads(node)} | outputs
         dead = [n for n in graph.node if not any(o in used for o in n.output)]
         if not dead:
             break
@@ -302,7 +357,7 @@ def _prune(graph: onnx.GraphProto) -> None:
     names = {t.name for t in graph.initializer}
     for graph_input in [i for i in graph.input if i.name in names]:
         graph.input.remove(graph_input)
-    used = {i for node in graph.node for i in node.input} | outputs
+    used = {i for node in graph.node for i in _reads(node)} | outputs
     for init in [t for t in graph.initializer if t.name not in used]:
         graph.initializer.remove(init)
 

@@ -22,9 +22,9 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf
 
 from export import inputs as model_inputs
+from export.bundle_check import check_input_array, model_file_error, open_bundle
 from export.errors import BundleError, ExportError
 from export.litert import TFLiteSession
-from export.manifest import verify_bundle
 from export.policy import exits as policy_exits
 from export.profile import profile
 
@@ -122,7 +122,8 @@ class Bundle:
         """Class labels from the manifest, in logit order (empty when the manifest has none)."""
         return list(self.manifest.get("labels", []))
 
-    def iter_predict(self, x: np.ndarray, batch_size: int = 256) -> Iterator[np.ndarray]:
+    def iter_predict(self, x: np.ndarray, batch_size: int = 256, *, allow_nonfinite: bool = False
+                     ) -> Iterator[np.ndarray]:
         """Yield float32 logits for consecutive batches of `x`, so memory stays bounded.
 
         >>> import tempfile, pathlib, numpy as np
@@ -137,8 +138,9 @@ class Bundle:
                 f"batch_size must be at least 1, got {batch_size}", fix="pass batch_size=1 or more"
             )
         if self.segments:
+            x = self._checked_input(x, allow_nonfinite=allow_nonfinite)
             for start in range(0, len(x), batch_size):
-                yield self.predict(x[start:start + batch_size], batch_size=batch_size)
+                yield self.predict(x[start:start + batch_size], batch_size=batch_size, allow_nonfinite=allow_nonfinite)
             return
         if "inputs" in self.manifest:  # several inputs, or text: see export.inputs
             texts = model_inputs.is_texts(x)
@@ -150,19 +152,20 @@ class Bundle:
                     (out,) = self.session.run([self.manifest["output"]["name"]], rows)
                     yield np.asarray(out, dtype=np.float32)
             return
-        x = self._checked_input(x)
+        x = self._checked_input(x, allow_nonfinite=allow_nonfinite)
         in_name, out_name = self.manifest["input"]["name"], self.manifest["output"]["name"]
         for start in range(0, len(x), batch_size):
             (logits,) = self.session.run([out_name], {in_name: x[start : start + batch_size]})
             yield np.asarray(logits, dtype=np.float32)
 
-    def predict(self, x: np.ndarray, *, batch_size: int = 256, return_exits: bool = False
-                ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    def predict(self, x: np.ndarray, *, batch_size: int = 256, return_exits: bool = False,
+                allow_nonfinite: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Float32 logits for all of `x` (cast to the manifest's input dtype), run in batches.
 
         A bundle with early exits runs its segments progressively: each sample stops at the
         first exit whose criterion passes its threshold. `return_exits=True` also returns the
-        exit index each sample took (the final classifier is `len(bundle.exits)`).
+        exit index each sample took (the final classifier is `len(bundle.exits)`). NaN or infinite
+        inputs are refused unless `allow_nonfinite=True` (a quantized model turns them into finite garbage).
 
         >>> import tempfile, pathlib, numpy as np
         >>> from export._examples import tiny_bundle
@@ -172,41 +175,33 @@ class Bundle:
         [[0.4, 0.0, -0.4], [0.4, 0.0, -0.4]]
         """
         if self.segments:
-            x = self._checked_input(x)
+            x = self._checked_input(x, allow_nonfinite=allow_nonfinite)
             parts = [run_segments(self.segments, self.manifest["model"]["segments"], self.exits,
                                   x[i:i + batch_size]) for i in range(0, max(len(x), 1), batch_size)]
             logits = np.concatenate([p[0] for p in parts])
             taken = np.concatenate([p[1] for p in parts])
             return (logits, taken) if return_exits else logits
-        batches = list(self.iter_predict(x, batch_size))
+        batches = list(self.iter_predict(x, batch_size, allow_nonfinite=allow_nonfinite))
         if batches or "inputs" in self.manifest:
             logits = np.concatenate(batches, axis=0)
         else:  # no rows: run an empty batch so the result still has the right trailing shape
             in_name, out_name = self.manifest["input"]["name"], self.manifest["output"]["name"]
-            (empty,) = self.session.run([out_name], {in_name: self._checked_input(x)})
+            (empty,) = self.session.run([out_name], {in_name: self._checked_input(x, allow_nonfinite=allow_nonfinite)})
             logits = np.asarray(empty, dtype=np.float32)
         return (logits, np.zeros(len(logits), dtype=np.int64)) if return_exits else logits
 
-    def _checked_input(self, x: np.ndarray) -> np.ndarray:
+    def _checked_input(self, x: np.ndarray, *, allow_nonfinite: bool = False) -> np.ndarray:
         spec = self.manifest["input"]
-        x = np.asarray(x, dtype=np.dtype(spec["dtype"]))
-        shape = spec.get("shape")
-        if shape is not None:
-            fits = x.ndim == len(shape) and all(
-                d is None or d == n for d, n in zip(shape, x.shape, strict=True)
-            )
-            if not fits:
-                raise ExportError(
-                    f"input of shape {list(x.shape)} does not fit the bundle's input shape {shape} "
-                    "(null = any size)",
-                    where=str(self.path),
-                    fix="reshape the input to the shape in manifest.json 'input.shape'",
-                )
-        return x
+        return check_input_array(x, spec["dtype"], spec.get("shape"), allow_nonfinite=allow_nonfinite,
+                                 where=str(self.path))
 
 
-def load(bundle_dir: str | os.PathLike[str], *, threads: int = 1) -> Bundle:
+def load(bundle_dir: str | os.PathLike[str], *, threads: int = 1, public_key: Any = None) -> Bundle:
     """Verify a bundle's hashes, then open its model; refuse anything that does not match.
+
+    With `public_key` (an Ed25519 key, PEM bytes or a PEM file path) the signature `manifest.sig`
+    is verified before anything else is read (`export.signing`); the checks of every file are
+    those of `export.bundle_check.open_bundle`. An unsigned bundle loads without a key.
 
     >>> import tempfile, pathlib
     >>> from export._examples import tiny_bundle
@@ -216,7 +211,7 @@ def load(bundle_dir: str | os.PathLike[str], *, threads: int = 1) -> Bundle:
     ('onnx', ['a', 'b', 'c'])
     """
     root = Path(bundle_dir)
-    manifest = verify_bundle(root)
+    manifest = open_bundle(root, public_key=public_key)
     if "segments" in manifest.get("model", {}):
         return _load_segments(root, manifest, threads)
     model = _spec(manifest, "model", ("file", "format"), root)
@@ -251,6 +246,10 @@ def load(bundle_dir: str | os.PathLike[str], *, threads: int = 1) -> Bundle:
             where=str(root),
             fix="re-export the bundle; if it was exported fine, use an opset this onnxruntime supports",
         ) from None
+    except ExportError:
+        raise
+    except Exception as err:  # a parser's own errors (struct.error, ValueError, ...) for a truncated file
+        raise model_file_error(model["file"], root, err) from None
     tokenizer = _tokenizer(root, manifest)
     if isinstance(session, TFLiteSession):  # .tflite tensors are named by position (args_0, output_0)
         return Bundle(path=root, manifest=manifest, session=session, tokenizer=tokenizer)
@@ -304,7 +303,12 @@ def _load_segments(root: Path, manifest: dict[str, Any], threads: int) -> Bundle
         if spec.get("file") not in manifest["files"]:
             raise BundleError(f"segment file {spec.get('file')!r} is not listed in the manifest's files",
                               where=str(root / "manifest.json"), fix="re-export the bundle")
-        sessions.append(open_model(root / spec["file"], threads=threads))
+        try:
+            sessions.append(open_model(root / spec["file"], threads=threads))
+        except ExportError:
+            raise
+        except Exception as err:  # a truncated or random segment file
+            raise model_file_error(spec["file"], root, err) from None
     return Bundle(path=root, manifest=manifest, session=sessions[0], segments=tuple(sessions))
 
 

@@ -37,6 +37,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 from torch import nn
 
 from compress.core.errors import EdgetierError
@@ -95,7 +96,8 @@ class OutputSpec(BaseModel):
     pooling: Literal["none", "mean", "cls"] = "none"
     mask_input: str = "attention_mask"
     normalize: bool = False
-    fn: Callable[[Any, Mapping[str, torch.Tensor]], torch.Tensor] | None = Field(None, exclude=True)
+    # Python API only: a callable cannot come from YAML, so it has no place in the recipe's JSON schema
+    fn: SkipJsonSchema[Callable[[Any, Mapping[str, torch.Tensor]], torch.Tensor] | None] = Field(None, exclude=True)
 
     @field_validator("fn")
     @classmethod

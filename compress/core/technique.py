@@ -80,7 +80,8 @@ class HookSet:
         return HookSet([*self.hooks, *other.hooks])
 
     def loss(self, model: nn.Module, inputs: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        total = outputs.new_zeros(())
+        # `outputs` may be a Hugging Face ModelOutput (feature distillation of an embedding model)
+        total = outputs.new_zeros(()) if isinstance(outputs, torch.Tensor) else torch.zeros(())
         for h in self.hooks:
             if h.loss is not None:
                 total = total + h.loss(model, inputs, outputs, targets)

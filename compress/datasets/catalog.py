@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from compress.core.errors import DataError
+from compress.core.imports import check_factory
 
 from .base import Dataset
 from .digits import LABELS as _DIGIT_LABELS
@@ -71,16 +72,18 @@ def load(name: str, *, seed: int = 0, **options: Any) -> Dataset:
     >>> load("cifar")
     Traceback (most recent call last):
     ...
-    compress.core.errors.DataError: dataset 'cifar': unknown dataset. Fix: use one of: digits, mnist1d, factory.
+    compress.core.errors.DataError: dataset 'cifar': unknown dataset. Fix: use one of: digits, mnist1d, factory, text.
     """
     settings = check_spec(name, options, seed=seed)
     return DATASETS[name][1](seed=seed, **settings)
 
 
-def check_spec(name: str, options: Mapping[str, Any] | None = None, *, seed: int = 0) -> dict[str, Any]:
+def check_spec(name: str, options: Mapping[str, Any] | None = None, *, seed: int = 0,
+               imports: bool = True) -> dict[str, Any]:
     """Check a dataset name and its options without loading; the options with defaults filled in.
 
-    A factory is imported (so a typo shows up before any training) but not called.
+    A factory is imported (so a typo shows up before any training) but not called; with
+    `imports=False` (recipe validation) it is only looked up, so none of its code runs.
 
     >>> check_spec("mnist1d", {"samples": 2000})["test_fraction"]
     0.2
@@ -104,26 +107,32 @@ def check_spec(name: str, options: Mapping[str, Any] | None = None, *, seed: int
         if settings["factory"] is None:
             raise DataError("the factory dataset needs a factory option", where="dataset 'factory'",
                             fix="pass factory='package.module:function' naming your data function")
-        resolve(settings["factory"])
+        if imports:
+            resolve(settings["factory"])
+        else:
+            check_factory(settings["factory"], where="data factory", error=DataError)
     return settings
 
 
 def _check_values(name: str, seed: int, settings: dict[str, Any]) -> None:
     where = f"dataset {name!r}"
 
-    def whole(key: str, value: Any, minimum: int) -> None:
+    def whole(key: str, value: Any, minimum: int, maximum: int) -> None:
         # bool is an int subclass; `samples: true` in YAML is a mistake, not 1.
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise DataError(f"{key} is {value!r}", where=where, fix=f"give {key} as an integer >= {minimum}")
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+            shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+            raise DataError(f"{key} is {shown}", where=where,
+                            fix=f"give {key} as an integer from {minimum} to {maximum:,}")
 
-    whole("seed", seed, 0)
-    if settings.get("samples") is not None:
-        whole("samples", settings["samples"], 10)  # MNIST-1D makes samples // 10 per class
-    whole("calib_samples", settings["calib_samples"], 1)
+    whole("seed", seed, 0, 2**32 - 1)  # numpy's seeds are unsigned 32-bit
+    if settings.get("samples") is not None:  # text: None = every sentence of the source
+        # MNIST-1D makes samples // 10 per class; a million is ~160 MB of float32 and a minute to make
+        whole("samples", settings["samples"], 10, 1_000_000)
+    whole("calib_samples", settings["calib_samples"], 1, 100_000)
     if name == "text":
         from .text import SOURCES
 
-        whole("max_length", settings["max_length"], 8)
+        whole("max_length", settings["max_length"], 8, 8192)
         if settings["file"] is None and settings["source"] not in SOURCES:
             raise DataError(f"unknown text source {settings['source']!r}", where=where,
                             fix=f"use one of {', '.join(SOURCES)}, or give `file: <one text per line>`")

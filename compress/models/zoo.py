@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from compress.core.errors import EdgetierError
-from compress.core.imports import import_factory
+from compress.core.imports import check_factory, import_factory
 
 from .resnet import resnet1d, resnet2d
 from .transformer import transformer
@@ -21,6 +21,30 @@ ZOO: dict[str, Callable[..., nn.Module]] = {
 }
 
 _SHAPE_ARGS = ("input_shape", "num_classes")
+
+# Sane ranges of the zoo models' parameters (name -> (type, low, high)); `blocks` is per stage.
+# Far beyond what fits any target, far below what would exhaust memory while building.
+RANGES: dict[str, tuple[type, float, float]] = {
+    "width": (int, 1, 4096), "dim": (int, 1, 4096), "heads": (int, 1, 64), "kernel_size": (int, 1, 63),
+    "growth": (int, 1, 8), "mlp_ratio": (float, 0.25, 16), "patch": (int, 1, 64), "blocks": (int, 0, 16),
+}
+
+
+def _check_values(zoo: str, options: Mapping[str, Any]) -> None:
+    for name, value in options.items():
+        if name not in RANGES or (name == "patch" and value is None):
+            continue
+        kind, low, high = RANGES[name]
+        items = value if name == "blocks" and isinstance(value, (list, tuple)) else [value]
+        ok = name != "blocks" or (isinstance(value, (list, tuple)) and len(value) == 3)
+        for item in items:
+            numeric = isinstance(item, int) or (kind is float and isinstance(item, float))
+            ok = ok and not isinstance(item, bool) and numeric and low <= item <= high
+        if not ok:
+            text = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+            shape = "three integers" if name == "blocks" else ("an integer" if kind is int else "a number")
+            raise EdgetierError(f"{name} is {text}", where=f"model {zoo!r}",
+                                fix=f"give {name} as {shape} from {low:g} to {high:g}")
 
 
 def _parameters(builder: Callable[..., Any]) -> dict[str, inspect.Parameter]:
@@ -47,6 +71,7 @@ def check_zoo(zoo: str, options: Mapping[str, Any]) -> Callable[..., nn.Module]:
         listing = ", ".join(f"{n}={p.default!r}" for n, p in known.items())
         raise EdgetierError(f"unknown parameter(s) {', '.join(unknown)}", where=f"model {zoo!r}",
                             fix=f"use only: {listing}")
+    _check_values(zoo, options)
     return builder
 
 
@@ -66,8 +91,11 @@ def build(zoo: str, *, input_shape: tuple[int, ...], num_classes: int, **kwargs:
 
 
 def check_spec(*, zoo: str | None = None, factory: str | None = None,
-               options: Mapping[str, Any] | None = None) -> None:
+               options: Mapping[str, Any] | None = None, imports: bool = True) -> None:
     """Check a recipe's model without building it: zoo name and parameter names, or that the factory imports.
+
+    With `imports=False` (what recipe validation does) the factory is checked without importing
+    it — no code of the user's runs — so its parameter names are checked only when it is built.
 
     >>> check_spec(zoo="transformer", options={"dim": 32})
     >>> check_spec(factory="compress.models:build", options={})
@@ -78,6 +106,9 @@ def check_spec(*, zoo: str | None = None, factory: str | None = None,
                             fix="write `zoo: resnet1d` (a reference model) or `factory: package.module:function`")
     if zoo is not None:
         check_zoo(zoo, options)
+        return
+    if not imports:
+        check_factory(factory, where=f"model factory {factory!r}")
         return
     function = import_factory(str(factory), where=f"model factory {factory!r}")
     _factory_arguments(function, str(factory), options, input_shape=None, num_classes=None)

@@ -187,10 +187,12 @@ def build_pruner(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], *, 
 
 
 def prune_step(pruner: tp.pruner.MetaPruner, model: nn.Module, example_inputs: tuple[torch.Tensor, ...], *,
-               where: str, grads: Callable[[], None] | None = None) -> None:
+               where: str, grads: Callable[[], None] | None = None,
+               after_group: Callable[[], Any] | None = None) -> None:
     """One iterative step of `pruner`, one dependency group at a time, running the model after each.
 
-    `grads` (Taylor importance) computes the gradients the scores need just before scoring.
+    `grads` (Taylor importance) computes the gradients the scores need just before scoring;
+    `after_group` runs after each group is pruned, before the check (attention head counts).
     """
     names = {m: n for n, m in model.named_modules()}
     reference = [tuple(t.shape) for t in _tensors(_forward(model, example_inputs))]
@@ -212,6 +214,8 @@ def prune_step(pruner: tp.pruner.MetaPruner, model: nn.Module, example_inputs: t
         name = names.get(root, type(root).__name__)
         try:
             group.prune()
+            if after_group is not None:
+                after_group()
             shapes = [tuple(t.shape) for t in _tensors(_forward(model, example_inputs))]
             if shapes != reference:
                 raise RuntimeError(f"the output shapes changed from {reference} to {shapes}")

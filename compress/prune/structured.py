@@ -9,6 +9,11 @@ steps with `finetune_epochs` of training on the train split between them (the st
 `channel_multiple`; the classifier (every Conv/Linear whose output is a model output) keeps its
 outputs.
 
+Transformers (`compress.prune.transformer`): `heads` and `mlp` give a ratio per kind — the
+share of every attention module's heads removed whole, and of every MLP hidden layer's channels.
+A `ratio` on a model with query/key/value attention (Hugging Face BERT, ViT) means the same ratio
+for both; the residual stream keeps its width either way.
+
 Resume: `state` holds torch-pruning's pruning history (layer names and channel indices);
 `restore` replays it on a fresh copy of the unpruned model, after which the saved weights load.
 """
@@ -32,6 +37,7 @@ from compress.core.measure import count_macs, count_params
 from compress.core.selectors import select
 from compress.core.technique import BaseTechnique, Result
 from compress.core.train import TrainSpec, fit
+from compress.prune.blocks import apply_blocks, restore_blocks
 from compress.prune.common import fraction, require_data, sample_batches
 from compress.prune.graph import (
     ROOT_TYPES,
@@ -43,6 +49,7 @@ from compress.prune.graph import (
     prune_step,
     replay,
 )
+from compress.prune.transformer import find_attention, no_attention_error
 
 WHERE = "structured_prune"
 BISECTIONS = 12  # at most: ratio resolution 2^-12, finer than one channel of any layer under 2048 channels
@@ -57,7 +64,11 @@ class StructuredPruneConfig(TechniqueConfig):
 
     kind: Literal["structured_prune"] = "structured_prune"
     ratio: float | None = Field(None, description="fraction of the output channels removed from each selected "
-                                "layer, in (0, 1); give this or macs_ratio")
+                                "layer, in (0, 1); give this, macs_ratio, or heads / mlp")
+    heads: float | None = Field(None, description="transformers: fraction of every attention module's heads "
+                                "removed (whole heads: q, k, v and the output projection together), in (0, 1)")
+    mlp: float | None = Field(None, description="transformers: fraction of every MLP hidden layer's channels "
+                              "removed, in (0, 1)")
     macs_ratio: float | None = Field(None, description="MACs budget: keep at most this fraction of the model's MACs, "
                                      "in (0, 1); give this or ratio")
     importance: Literal["l1", "l2", "taylor", "bn_scale"] = Field(
@@ -71,19 +82,28 @@ class StructuredPruneConfig(TechniqueConfig):
     channel_multiple: int | None = Field(None, ge=1, description="round kept channels to multiples of this; "
                                          "default: the target's channel_multiple")
 
-    @field_validator("ratio", "macs_ratio")
+    @field_validator("ratio", "macs_ratio", "heads", "mlp")
     @classmethod
     def _fraction(cls, value: float | None, info: ValidationInfo) -> float | None:
         return None if value is None else fraction(value, info.field_name)
 
     @model_validator(mode="after")
     def _one_amount(self) -> StructuredPruneConfig:
+        if self.heads is not None or self.mlp is not None:
+            if self.ratio is not None or self.macs_ratio is not None:
+                raise ValueError("give either heads / mlp (ratios per kind of transformer layer) or one of ratio / "
+                                 "macs_ratio, not both")
+            return self
         if (self.ratio is None) == (self.macs_ratio is None):
             raise ValueError("give exactly one of ratio (fraction of channels to remove) or macs_ratio (fraction of "
                              "the MACs to keep)")
         return self
 
     def check_model(self, model: nn.Module, target: Any) -> None:
+        if _per_kind(self, model) is not None:
+            if self.heads and not find_attention(model):
+                raise no_attention_error(model, where=WHERE)
+            return
         if not hasattr(model, "example_inputs"):
             _layers(model, self)  # selectors only: tracing needs example inputs, checked again in apply
             return
@@ -191,6 +211,9 @@ class StructuredPrune(BaseTechnique):
     def apply(self, model: nn.Module, ctx: Context) -> Result:
         cfg = self.config
         example = _example(model, ctx)
+        kinds = _per_kind(cfg, model)
+        if kinds is not None:
+            return apply_blocks(model, example, ctx, heads=kinds[0], mlp=kinds[1], config=cfg, where=WHERE)
         multiple = _multiple(cfg, ctx.target)
         ratio, prunable, ignored, classifiers = _plan(copy.deepcopy(model), example, cfg, multiple)
         before = _shapes(model)
@@ -225,8 +248,21 @@ class StructuredPrune(BaseTechnique):
         return Result(model, report, state={"history": recorded})
 
     def restore(self, model: nn.Module, state: dict[str, Any], ctx: Context) -> Result:
+        if "mlp_layers" in state:  # pruned per kind (heads / mlp)
+            return restore_blocks(model, _example(model, ctx), state, where=WHERE)
         replay(model, _example(model, ctx), state["history"], where=WHERE)
         return Result(model, {}, state=state)
+
+
+def _per_kind(config: StructuredPruneConfig, model: nn.Module) -> tuple[float | None, float | None] | None:
+    """(heads, mlp) ratios when the model is pruned per kind of transformer layer, else None: the
+    config says so, or a `ratio` meets separate query/key/value attention (whose channels the
+    per-layer path would spread across heads)."""
+    if config.heads is not None or config.mlp is not None:
+        return config.heads, config.mlp
+    if config.ratio is not None and any(len(a.projections) == 3 for a in find_attention(model)):
+        return config.ratio, config.ratio
+    return None
 
 
 def _example(model: nn.Module, ctx: Context) -> tuple[torch.Tensor, ...]:

@@ -1,19 +1,24 @@
 """`mixed_precision`: per-layer bit widths chosen under the variant's budget, then QAT.
 
-1. Sensitivity: the loss change on held-out samples when only one layer is quantized, for
-   every layer and every allowed width (`compress.quant.sensitivity` says why this and not a
-   Hessian trace).
+1. Sensitivity: how far the output moves (mean KL divergence) on held-out samples when only
+   one layer is quantized, for every layer and every allowed width (`compress.quant.sensitivity`
+   says why this and not the loss change or a Hessian trace).
 2. Allocation: one width per layer from `bits` (minus what the target cannot run, see
    `compress.quant.precision`), minimizing the summed sensitivity under `budget` — KiB of stored
    weights, mean bits, or estimated latency on the target (`compress.quant.budget`) — solved
    exactly as a 0/1 program (`compress.quant.allocate`). The report lists the bits chosen per
    layer and the sensitivity–size Pareto curve.
-3. The chosen widths are applied exactly as `qat` applies its own (same layers, activation
+3. Candidates — the best uniform width that fits, the sensitivity optimum and a few Pareto
+   points within budget — are each quantized jointly, fine-tuned briefly and compared on
+   validation; the most accurate is kept, uniform on ties (`compress.quant.candidates`), so the
+   stage never keeps a mix that loses to uniform on validation. The report lists each candidate.
+4. The kept widths are applied exactly as `qat` applies its own (same layers, activation
    quantization and export), and the stage's `train` block fine-tunes them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,9 +31,11 @@ from compress.core.config import TechniqueConfig
 from compress.core.context import Context
 from compress.core.errors import EdgetierError
 from compress.core.technique import BaseTechnique, ExportPlan, Result
+from compress.core.train import TrainSpec
 from compress.quant import precision
 from compress.quant.allocate import Allocation, allocate, cost_range, pareto
 from compress.quant.budget import Budget, LayerStats, budget_capacity, layer_stats, option_cost
+from compress.quant.candidates import Candidate, best, candidates, trial
 from compress.quant.qat import (
     check_bits_range,
     quant_report,
@@ -37,13 +44,13 @@ from compress.quant.qat import (
     quantize,
     restore_quant,
 )
-from compress.quant.sensitivity import loss_sensitivity, monotone
+from compress.quant.sensitivity import logits, measure_sensitivity, monotone
 from compress.targets import Target
 from export.plot import pareto_plot
 
-SENSITIVITY = ("loss change on calibration + validation samples when only that layer's weights are quantized, "
-               "measured per layer and width, clipped at 0 and made non-increasing in bits "
-               "(compress.quant.sensitivity)")
+SENSITIVITY = ("mean KL divergence of the output (float model || only that layer's weights quantized) on "
+               "calibration + validation samples, per layer and width, made non-increasing in bits "
+               "(ZeroQ's criterion; compress.quant.sensitivity says why not the loss change)")
 
 
 class MixedPrecisionConfig(TechniqueConfig):
@@ -69,6 +76,10 @@ class MixedPrecisionConfig(TechniqueConfig):
     calib_samples: int = Field(256, gt=0, description="calibration samples that initialize the activation scales")
     sensitivity_samples: int = Field(1024, gt=0, description="samples (calibration split, then validation split) "
                                      "on which each layer's loss change is measured")
+    trials: int = Field(2, ge=0, description="Pareto points within budget tried besides the best uniform width and "
+                        "the sensitivity optimum")
+    trial_epochs: int = Field(1, ge=0, description="epochs of QAT each candidate gets before they are compared on "
+                              "validation (0: compared right after quantization)")
     pareto_points: int = Field(12, ge=2, le=100, description="budgets sampled for the sensitivity-size curve")
 
     @field_validator("bits")
@@ -150,7 +161,7 @@ def _in_budget_units(budget: Budget, cost: float, stats: dict[str, LayerStats], 
 
 def _point(a: Allocation, budget: Budget, stats: dict[str, LayerStats], target: Target | None) -> dict[str, Any]:
     params = sum(s.params for s in stats.values())
-    point = {"sensitivity": round(a.sensitivity, 6),
+    point = {"sensitivity": _sig(a.sensitivity),
              "weights_kb": round(sum(stats[n].params * precision.storage_bits(b) for n, b in a.bits.items()) / 8192, 3),
              "avg_bits": round(sum(stats[n].params * b for n, b in a.bits.items()) / max(params, 1), 3),
              "layers_per_bits": {str(b): sum(1 for v in a.bits.values() if v == b) for b in sorted(set(a.bits.values()))}}
@@ -159,11 +170,20 @@ def _point(a: Allocation, budget: Budget, stats: dict[str, LayerStats], target: 
     return point
 
 
+def _sig(value: float) -> float:
+    """`value` to 4 significant digits (KL divergences span 1e-8 to 1).
+
+    >>> _sig(1.234567e-7), _sig(0.0)
+    (1.235e-07, 0.0)
+    """
+    return float(f"{value:.4g}")
+
+
 def _plot(path: Path, curve: list[dict[str, Any]], chosen: dict[str, Any]) -> Path:
     """The sensitivity-size curve (every point an optimal allocation at its budget), the choice circled."""
     points = [*curve, chosen]
     return pareto_plot(path, points, x="weights_kb", y="sensitivity", label_x="weights (KiB, as stored)",
-                       label_y="total sensitivity (loss increase)", chosen=len(points) - 1, maximize_y=False,
+                       label_y="total sensitivity (output KL)", chosen=len(points) - 1, maximize_y=False,
                        title="mixed precision: sensitivity vs size")
 
 
@@ -173,6 +193,21 @@ def _sensitivity_data(ctx: Context, samples: int) -> tuple[np.ndarray, np.ndarra
     x = np.concatenate([ctx.data.calib.x, ctx.data.val.x])[:samples]
     y = np.concatenate([ctx.data.calib.y, ctx.data.val.y])[:samples]
     return x, y
+
+
+def _select(model: nn.Module, tried: list[Candidate], apply_bits: Callable[[nn.Module, dict[str, int]], nn.Module],
+            ctx: Context, epochs: int) -> Candidate:
+    """The candidate most accurate on validation after `epochs` of QAT (see `compress.quant.candidates`)."""
+    assert ctx.data is not None
+    val = (ctx.data.val.x, ctx.data.val.y)
+    if len(tried) == 1 or not len(val[1]):
+        return tried[0] if len(tried) == 1 else next(c for c in tried if c.name == "sensitivity optimum")
+    reference = logits(model, val[0])
+    spec = (ctx.train or TrainSpec()).model_copy(update={"epochs": epochs})
+    for c in tried:
+        trial(model, c, apply_bits, val, reference, train=(ctx.data.train.x, ctx.data.train.y), spec=spec,
+              seed=ctx.seed)
+    return best(tried)
 
 
 class MixedPrecision(BaseTechnique):
@@ -193,23 +228,37 @@ class MixedPrecision(BaseTechnique):
         budget = cfg.resolved_budget(ctx.target)
         stats = layer_stats(model, names, example if budget.kind == "latency_ms" else None)
         _options_or_error(cfg, stats, {n: {} for n in names}, ctx.target)  # fail before measuring anything
-        measured = loss_sensitivity(model, names, allowed, x, y, per_channel=cfg.per_channel)
-        sensitivity = {name: monotone(deltas) for name, deltas in measured.items()}
+        measured = measure_sensitivity(model, names, allowed, x, y, per_channel=cfg.per_channel)
+        sensitivity = {name: monotone(kl) for name, kl in measured.kl.items()}
         options, capacity = _options_or_error(cfg, stats, sensitivity, ctx.target)
-        chosen = allocate(options, capacity)
-        assert chosen is not None  # _options_or_error proved the cheapest choice fits
-        curve = [_point(a, budget, stats, ctx.target) for a in pareto(options, points=cfg.pareto_points)]
+        optimum = allocate(options, capacity)
+        assert optimum is not None  # _options_or_error proved the cheapest choice fits
+        allocations = pareto(options, points=cfg.pareto_points)
+        curve = [_point(a, budget, stats, ctx.target) for a in allocations]
         act_bits = cfg.resolved_act_bits(ctx.target)
+
+        def apply_bits(m: nn.Module, bits: dict[str, int]) -> nn.Module:
+            return quantize(m, bits, ctx, act_bits=act_bits, per_channel=cfg.per_channel,
+                            calib_samples=cfg.calib_samples)[0]
+
+        tried = candidates(optimum, allocations, options, capacity, extra=cfg.trials)
+        kept = _select(model, tried, apply_bits, ctx, cfg.trial_epochs)
+        chosen = kept.allocation
         model, specs, relus = quantize(model, chosen.bits, ctx, act_bits=act_bits, per_channel=cfg.per_channel,
                                        calib_samples=cfg.calib_samples)
         report = quant_report(model, specs, act_bits, cfg.per_channel)
         for name in names:
-            report["layers"][name]["sensitivity"] = {str(b): round(v, 6) for b, v in sensitivity[name].items()}
-            report["layers"][name]["loss_delta_measured"] = {str(b): round(v, 6) for b, v in measured[name].items()}
+            report["layers"][name]["sensitivity"] = {str(b): _sig(v) for b, v in sensitivity[name].items()}
+            report["layers"][name]["output_kl_measured"] = {str(b): _sig(v) for b, v in measured.kl[name].items()}
+            report["layers"][name]["loss_delta_measured"] = {str(b): round(v, 6)
+                                                             for b, v in measured.loss_delta[name].items()}
         report.update({
             "sensitivity_method": SENSITIVITY, "sensitivity_samples": len(x), "allowed_bits": allowed,
             "budget": {budget.kind: budget.value},
-            "chosen": _point(chosen, budget, stats, ctx.target),
+            "chosen": {"candidate": kept.name, **_point(chosen, budget, stats, ctx.target)},
+            "sensitivity_optimum": _point(optimum, budget, stats, ctx.target),
+            "candidates": [{"name": c.name, **_point(c.allocation, budget, stats, ctx.target), **c.measured}
+                           for c in tried],
             "pareto": curve,
         })
         if ctx.workdir is not None:  # a recipe run: the plot ships in the bundle and shows in report.md

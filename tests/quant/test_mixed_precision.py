@@ -13,7 +13,7 @@ from torch import nn
 from compress.core.context import Context
 from compress.quant.allocate import allocate, pareto
 from compress.quant.mixed_precision import MixedPrecision, MixedPrecisionConfig
-from compress.quant.sensitivity import loss_sensitivity
+from compress.quant.sensitivity import measure_sensitivity
 from compress.targets import load_target
 
 
@@ -47,10 +47,15 @@ def test_allocation_is_exact(seed):
 def test_sensitivity_is_measured_without_changing_the_model(model, digits):
     before = copy.deepcopy(model.state_dict())
     layers = ["stem.conv", "layer1.0.conv1", "head.fc"]
-    s = loss_sensitivity(model, layers, [2, 4, 8], digits.val.x, digits.val.y, per_channel=True)
+    s = measure_sensitivity(model, layers, [2, 4, 8], digits.val.x, digits.val.y, per_channel=True)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    for name in layers:  # these layers lose more at 2 bits than at 8 (measured: +0.02 to +0.12 vs |8-bit| < 1e-3)
-        assert s[name][2] > s[name][8] + 0.01 and abs(s[name][8]) < 0.01
+    for name in layers:
+        # KL divergences are non-negative by construction (the code clips rounding's tiny negatives)
+        assert all(np.isfinite(v) and v >= 0 for v in s.kl[name].values())
+        assert all(np.isfinite(v) for v in s.loss_delta[name].values())  # reported, not relied on: sign is noise
+        # strongly separated: 2-bit weights move the output far more than 8-bit ones (measured: KL 0.03 to 0.1
+        # at 2 bits, 1e-6 to 1e-5 at 8 bits — over three orders apart, so a factor of 10 cannot flip on another CPU)
+        assert s.kl[name][2] > 10 * s.kl[name][8]
 
 
 def _stored_kb(result) -> float:
@@ -60,7 +65,7 @@ def _stored_kb(result) -> float:
 def test_chooses_bits_within_the_budget_and_restores(trained, model, ctx, digits):
     uniform4_kb = sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))) * 4 / 8192
     technique = MixedPrecision(MixedPrecisionConfig(bits=[2, 4, 8], budget={"weights_kb": uniform4_kb},
-                                                    pareto_points=6))
+                                                    pareto_points=6, trials=1))
     result = technique.apply(model, ctx)
     report = result.report
     assert _stored_kb(result) <= uniform4_kb + 1e-9 == report["budget"]["weights_kb"] + 1e-9
@@ -71,9 +76,18 @@ def test_chooses_bits_within_the_budget_and_restores(trained, model, ctx, digits
     assert curve[0]["layers_per_bits"] == {"2": 10} and curve[0]["weights_kb"] == pytest.approx(uniform4_kb / 2, 1e-3)
     assert curve[-1]["sensitivity"] == min(p["sensitivity"] for p in curve)
     assert all(a["weights_kb"] <= b["weights_kb"] for a, b in zip(curve, curve[1:], strict=False))
-    # the chosen point is on the curve's frontier: nothing cheaper is less sensitive
-    assert not any(p["weights_kb"] <= report["chosen"]["weights_kb"] and p["sensitivity"] < report["chosen"]["sensitivity"]
-                   - 1e-9 for p in curve)
+    # the sensitivity optimum is on the curve's frontier: nothing cheaper is less sensitive
+    optimum = report["sensitivity_optimum"]
+    assert not any(p["weights_kb"] <= optimum["weights_kb"] and p["sensitivity"] < optimum["sensitivity"] - 1e-9
+                   for p in curve)
+    # the candidates: uniform 4-bit first (it fits this budget exactly), the optimum, all within budget; the kept one
+    # is the most accurate on validation after the short QAT, uniform winning ties
+    tried = report["candidates"]
+    assert tried[0]["name"] == "uniform 4-bit" and tried[1]["name"] == "sensitivity optimum"
+    assert all(c["weights_kb"] <= uniform4_kb + 1e-3 for c in tried)
+    kept = next(c for c in tried if c["name"] == report["chosen"]["candidate"])
+    assert kept["val_accuracy"] == max(c["val_accuracy"] for c in tried)
+    assert kept is next(c for c in tried if c["val_accuracy"] == kept["val_accuracy"])  # first of the best
     fresh = technique.restore(copy.deepcopy(trained), result.state, Context(example_inputs=())).model
     fresh.load_state_dict(result.model.state_dict())
     with torch.no_grad():
@@ -84,14 +98,15 @@ def test_chooses_bits_within_the_budget_and_restores(trained, model, ctx, digits
 def test_an_int8_only_target_leaves_only_8_bits_and_lends_its_storage_budget(model, digits):
     coral = load_target("coral_edgetpu")
     ctx = Context(example_inputs=(torch.from_numpy(digits.test.x[:1]),), data=digits, target=coral)
-    result = MixedPrecision(MixedPrecisionConfig(pareto_points=2)).apply(model, ctx)  # no budget: the target's
+    result = MixedPrecision(MixedPrecisionConfig(pareto_points=2, trial_epochs=0)).apply(model, ctx)  # no budget: the target's
     assert result.report["budget"] == {"weights_kb": float(coral.memory.storage_kb)}
     assert result.report["allowed_bits"] == [8] and result.report["layers_per_bits"] == {"8": 10}
 
 
 def test_latency_budget_uses_the_targets_throughput(model, ctx, int4_target):
     ctx.target = int4_target
-    config = MixedPrecisionConfig(bits=[4, 8], act_bits=4, budget={"latency_ms": 1.0}, pareto_points=4)
+    config = MixedPrecisionConfig(bits=[4, 8], act_bits=4, budget={"latency_ms": 1.0}, pareto_points=4,
+                                  trials=0, trial_epochs=0)
     result = MixedPrecision(config).apply(model, ctx)
     curve = result.report["pareto"]
     # with 4-bit activations a 4-bit layer runs at the int4 rate (2x int8): all-4-bit is the fastest point

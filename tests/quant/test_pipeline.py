@@ -16,7 +16,8 @@ def test_recipe_run_and_resume(tiny_recipe, write_recipe, tmp_path):
     tiny_recipe["stages"] = [
         {"name": "qat", "kind": "qat", "with": {"weight_bits": 4, "layers": {"stem.conv": 8}}, "train": {"epochs": 1}},
         {"name": "mixed", "kind": "mixed_precision",
-         "with": {"bits": [2, 4, 8], "budget": {"weights_kb": 8}, "pareto_points": 4}, "train": {"epochs": 1}},
+         "with": {"bits": [2, 4, 8], "budget": {"weights_kb": 8}, "pareto_points": 4,
+                  "trials": 1, "trial_epochs": 0}, "train": {"epochs": 1}},
     ]
     tiny_recipe["variants"] = {"end": {"target": "rpi4", "skip": ["mixed"]},
                                "edge": {"target": "jetson_orin_nano", "skip": ["qat"]}}
