@@ -104,14 +104,15 @@ def _vision(kind: str):
                                  num_labels=10)
         return tf.ResNetForImageClassification(config)
     if kind == "convnext":
-        config = tf.ConvNextConfig(num_channels=1, hidden_sizes=[16, 32], depths=[1, 1], patch_size=2, num_labels=10)
+        config = tf.ConvNextConfig(num_channels=1, num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], patch_size=2,
+                                   num_labels=10)
         return tf.ConvNextForImageClassification(config)
     if kind == "mobilenet_v2":
         config = tf.MobileNetV2Config(num_channels=1, image_size=32, depth_multiplier=0.35, num_labels=10)
         return tf.MobileNetV2ForImageClassification(config)
     config = tf.ViTConfig(image_size=32, patch_size=8, num_channels=1, hidden_size=32, num_hidden_layers=2,
                           num_attention_heads=4, intermediate_size=64, num_labels=10)
-    return tf.ViTForImageClassification(config, attn_implementation="eager")
+    return tf.ViTForImageClassification(config)
 
 
 @pytest.mark.parametrize("kind", ["resnet", "convnext", "mobilenet_v2", "vit"])
