@@ -119,7 +119,12 @@ def _vision(kind: str):
 def test_hf_vision_models_export_to_both_runtimes_without_a_wrapper(kind: str, tmp_path: Path) -> None:
     """Trained briefly on digits upsampled to 32x32 (MobileNetV2's BatchNorm needs settled statistics
     before its logits mean anything, STACK.md), then `compress.export` straight from the HF model to
-    an onnxruntime target and a LiteRT target: each file checked against PyTorch in its runtime."""
+    an onnxruntime target and a LiteRT target: each file checked against PyTorch in its runtime.
+
+    Measured 2026-11-30 (max |diff| onnx / tflite, top-1 agreement 100 % everywhere, test accuracy
+    after 2 epochs on 64 test rows): ResNet 6.0e-7 / 8.3e-7, 35.9 %; ConvNeXt 4.5e-8 / 4.8e-8,
+    14.1 %; MobileNetV2 6.2e-6 / 1.1e-5, 78.1 %; ViT 3.0e-7 / 3.6e-7, 39.1 %. Only parity is the bar
+    here (the models are barely trained); structured pruning of these is issue 12 item 3 (i12b)."""
     from compress.core.adapter import ModelAdapter
     from compress.core.train import TrainSpec, fit
     from compress.datasets import load
