@@ -24,15 +24,15 @@ from torch import nn
 
 from compress.core.adapter import AdaptedModule, ModelAdapter, OutputSpec
 from compress.core.errors import EdgetierError
-from compress.core.measure import count_params
+from compress.core.measure import count_macs, count_nonzero, count_params
 from compress.deploy import toolkit_version
 from compress.targets import Target, load_target
 from export.bundle import write_bundle
 from export.errors import ParityError
-from export.measure import latency_ms, model_stats
+from export.measure import compressed_bytes, latency_ms, model_stats
 from export.onnx import check_parity, eval_mode, export_onnx
 from export.quantize import quantize_int8_static
-from export.quantize_dynamic import int8_method, quantize_int8_dynamic
+from export.quantize_dynamic import fuse_transformer, int8_method, quantize_int8_dynamic
 from export.report import render_markdown
 from export.runtime import Bundle, load, open_model
 
@@ -93,6 +93,9 @@ def export(model: nn.Module, *, target: Target | str, out_dir: str | Path, examp
             precision = "int8"
             extra = _int8_check(final, module, x_check, spec, name, embedding=_is_embedding(adapter))
             notes.append(f"int8 by {method}: " + {
+                "onnxruntime dynamic (after onnxruntime transformer fusion)": "Attention / LayerNorm / Gelu fused "
+                "into onnxruntime contrib ops (the file runs in onnxruntime only), then weights int8 per output "
+                "channel, activations quantized per batch at run time",
                 "onnxruntime dynamic": "weights int8 per output channel, activations quantized per batch at run "
                 "time (the MatMul-heavy graph of a transformer; no calibration needed)",
                 "onnxruntime static QDQ": "int8 weights and activations calibrated on `calib` (a convolutional "
@@ -104,7 +107,9 @@ def export(model: nn.Module, *, target: Target | str, out_dir: str | Path, examp
         entry = {"name": name, "target": spec.name, "tier": spec.tier,
                  "runtime": "litert" if fmt == "tflite" else "onnxruntime", "format": fmt, "precision": precision,
                  "int8_method": method, "bytes": stats["bytes"], "fp32_bytes": fp32.stat().st_size,
-                 "params": stats["params"], "torch_params": count_params(model), "latency_ms": timing.median_ms,
+                 "params": stats["params"], "torch_params": count_params(model), "nonzero_params": count_nonzero(model),
+                 "compressed_bytes": compressed_bytes(final), "macs": _macs(module, example),
+                 "accuracy": None, "torch_accuracy": None, "estimated_latency_ms": None, "latency_ms": timing.median_ms,
                  "latency_p90_ms": timing.p90_ms, "latency_threads": timing.threads,
                  "parity": {"max_abs_diff": parity.max_abs_diff, "top1_agreement": parity.top1_agreement,
                             "samples": len(next(iter(x_check.values()))), "atol": spec.tolerance.atol,
@@ -167,8 +172,10 @@ def _int8(module: nn.Module, adapter: ModelAdapter, fp32: Path, tmp: Path, fmt: 
         x = _calib(calib, adapter)
         return export_tflite(module, example, tmp / "model.tflite", calib=next(iter(x.values()))), "LiteRT PT2E static"
     if int8_method(fp32) == "dynamic":
-        return quantize_int8_dynamic(fp32, tmp / "model.onnx", per_channel=True, exclude=exclude), \
-            "onnxruntime dynamic"
+        fused = fuse_transformer(fp32, tmp / "model.fused.onnx")
+        method = "onnxruntime dynamic" + (" (after onnxruntime transformer fusion)" if fused else "")
+        return quantize_int8_dynamic(tmp / "model.fused.onnx", tmp / "model.onnx", per_channel=True,
+                                     exclude=exclude), method
     x = _calib(calib, adapter)
     if len(x) > 1:
         raise EdgetierError("static int8 of a multi-input convolutional model is not supported",
@@ -213,6 +220,18 @@ def _int8_check(path: Path, module: nn.Module, x_check: dict[str, np.ndarray], s
                           f"{MIN_EMBEDDING_COSINE}", where=name,
                           fix="keep the most sensitive MatMuls in float with exclude=[...], or export fp32")
     return out
+
+
+def _macs(module: nn.Module, example: tuple[torch.Tensor, ...]) -> int:
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:  # FlopCounterMode trips over parameters used under no_grad (see compress.deploy)
+        p.requires_grad_(False)
+    try:
+        with eval_mode(module):
+            return count_macs(module, example)
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 def _out_shape(module: nn.Module, example: tuple[torch.Tensor, ...]) -> list[int | None]:

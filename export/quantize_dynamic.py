@@ -22,7 +22,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from export.errors import ExportError
 
-__all__ = ["int8_method", "matmul_nodes", "quantize_int8_dynamic"]
+__all__ = ["fuse_transformer", "int8_method", "matmul_nodes", "quantize_int8_dynamic"]
 
 _DENSE = ("MatMul", "Gemm")
 
@@ -59,6 +59,29 @@ def matmul_nodes(path: str | os.PathLike[str]) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in _DENSE and any(i in weights for i in n.input)]
 
 
+def fuse_transformer(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> list[str]:
+    """onnxruntime's transformer fusions (Attention, EmbedLayerNormalization, SkipLayerNormalization,
+    BiasGelu) written to `dst`; returns the fused kinds (empty: nothing matched, `dst` = `src`).
+
+    Fused Attention quantizes to QAttention under `quantize_dynamic`, which is where int8 pays at
+    short sequence lengths. The fused ops are onnxruntime contrib ops (com.microsoft): the file
+    then runs in onnxruntime only — the runtime of the targets that get it.
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    try:
+        optimized = optimize_model(os.fspath(src), model_type="bert", num_heads=0, hidden_size=0, opt_level=1)
+    except Exception:  # noqa: BLE001 - a graph the fusion cannot read stays as exported
+        shutil.copyfile(src, dst)
+        return []
+    fused = [k for k, n in optimized.get_fused_operator_statistics().items() if n]
+    if "Attention" not in fused:  # nothing worth the contrib ops
+        shutil.copyfile(src, dst)
+        return []
+    optimized.save_model_to_file(os.fspath(dst))
+    return fused
+
+
 def quantize_int8_dynamic(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, per_channel: bool = True,
                           exclude: Sequence[str] = (), reduce_range: bool = False) -> Path:
     """int8 weights (per output channel with `per_channel`), activations quantized at run time.
@@ -82,7 +105,9 @@ def quantize_int8_dynamic(src: str | os.PathLike[str], dst: str | os.PathLike[st
         try:
             quantize_dynamic(src, out, weight_type=QuantType.QInt8, per_channel=per_channel,
                              reduce_range=reduce_range, nodes_to_exclude=list(exclude),
-                             extra_options={"MatMulConstBOnly": True})
+                             extra_options={"MatMulConstBOnly": True,
+                                            # fused contrib ops have no ONNX shape inference: their outputs are float
+                                            "DefaultTensorType": onnx.TensorProto.FLOAT})
         except Exception as err:  # onnxruntime raises many unrelated types; all mean this step failed
             raise ExportError(f"dynamic int8 quantization failed ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''})", where=str(src),

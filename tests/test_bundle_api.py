@@ -37,7 +37,7 @@ def test_int8_for_a_transformer_is_dynamic_and_smaller(tmp_path):
     model, batch = tiny_bert(hidden=64), token_batch(n=16, seq=9)
     compress.export(model, target="jetson_orin_nano", out_dir=tmp_path / "b", data=batch, quantize="int8")
     entry = json.loads((tmp_path / "b" / "report.json").read_text())["models"][0]
-    assert entry["int8_method"] == "onnxruntime dynamic"
+    assert entry["int8_method"].startswith("onnxruntime dynamic")
     assert entry["bytes"] < 0.5 * entry["fp32_bytes"]  # int8 weights: ~4x smaller linear layers, fp32 rest
     assert entry["parity"]["int8_mean_cosine"] >= 0.98
 

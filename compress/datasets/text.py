@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.core.errors import DataError
+from compress.datasets.base import Dataset, Split
 
 __all__ = ["read_lines", "sklearn_descriptions", "stdlib_docstrings", "tokenize"]
 
@@ -111,3 +112,30 @@ def _draw(items: list[str], n: int | None, seed: int) -> list[str]:
         return items
     idx = np.random.default_rng(seed).choice(len(items), n, replace=False)
     return [items[i] for i in sorted(idx)]
+
+
+SOURCES = {"sklearn_descriptions": sklearn_descriptions, "stdlib_docstrings": stdlib_docstrings}
+
+
+def text_dataset(*, seed: int, tokenizer: str | None, source: str, file: str | None, samples: int | None,
+                 max_length: int, calib_samples: int) -> Dataset:
+    """An unlabelled text dataset (all labels 0, no classes) tokenized into record arrays; the test
+    split (a quarter) is what exports are checked on, the calib split a part of train."""
+    from compress.models.hf import hf_folder
+
+    if tokenizer is None:
+        raise DataError("the text dataset needs the tokenizer of its model", where="dataset 'text'",
+                        fix="give `tokenizer: <model folder>` (a recipe with `model: {hf: ...}` fills it in)")
+    texts = read_lines(file) if file else SOURCES[source](samples, seed=seed)
+    if file and samples:
+        texts = _draw(texts, samples, seed)
+    if len(texts) < 8:
+        raise DataError(f"only {len(texts)} texts", where="dataset 'text'", fix="give at least 8 texts")
+    x = tokenize(texts, hf_folder(tokenizer), max_length=max_length)
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_test = max(len(x) // 4, 1)
+    test, train = order[:n_test], order[n_test:]
+    y = np.zeros(len(x), dtype=np.int64)
+    split = lambda idx: Split(x[idx], y[idx])  # noqa: E731
+    return Dataset(name="text", train=split(train), val=split(test), test=split(test),
+                   calib=split(train[:calib_samples]), input_shape=(max_length,), num_classes=0, labels=())

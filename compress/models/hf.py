@@ -73,7 +73,8 @@ def load_hf(source: str | Path, *, task: Task, output: OutputSpec | None = None)
         raise EdgetierError(f"{folder} has a config.json but no weights (model.safetensors)", where="model.hf",
                             fix="save the model with save_pretrained, or install the complete model package")
     try:
-        model = cls.from_pretrained(folder, local_files_only=True, use_safetensors=any(
+        # eager attention: the same math as SDPA, written as ops onnxruntime's Attention fusion recognizes
+        model = cls.from_pretrained(folder, local_files_only=True, attn_implementation="eager", use_safetensors=any(
             w.endswith(".safetensors") for w in weights))
     except (OSError, ValueError) as err:
         raise EdgetierError(f"transformers cannot load {folder} ({str(err).splitlines()[0]})", where="model.hf",
@@ -91,6 +92,6 @@ def adapt(model: nn.Module, *, task: Task, output: OutputSpec | None = None,
         return ModelAdapter.from_model(model, example, output=output or OutputSpec(select="logits")).module(model)
     default = (OutputSpec(select="last_hidden_state", pooling="mean") if task == "sequence_embedding"
                else OutputSpec(select="logits"))
-    adapter = ModelAdapter(inputs=_TEXT_INPUTS, output=output or default)
-    adapter.check_inputs(model)
-    return adapter.module(model)
+    ids = torch.ones(1, 4, dtype=torch.long)  # one probe pass: a wrong `output` fails here, before any work
+    probe = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    return ModelAdapter.from_model(model, probe, output=output or default, inputs=_TEXT_INPUTS).module(model)
