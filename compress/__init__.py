@@ -10,10 +10,12 @@ The Python API:
 """
 
 from compress.api import apply
+from compress.bundle_api import export
 from compress.core.config import TechniqueConfig
 from compress.core.errors import EdgetierError
 from compress.core.technique import Hooks, HookSet, Result
+from compress.persist import load, save
 from compress.pipeline import run
 from compress.recipe import load_recipe
 
-__all__ = ["EdgetierError", "HookSet", "Hooks", "Result", "TechniqueConfig", "apply", "load_recipe", "run"]
+__all__ = ["EdgetierError", "HookSet", "Hooks", "Result", "TechniqueConfig", "apply", "export", "load", "load_recipe", "run", "save"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import torch
@@ -9,7 +10,9 @@ from torch import nn
 
 from compress.core.config import TechniqueConfig
 from compress.core.context import Context, Progress, SilentProgress
-from compress.core.technique import Result
+from compress.core.own_loop import stale_optimizer_guard
+from compress.core.technique import HookSet, Result
+from compress.persist import applied, record
 from compress.registry import build
 from compress.targets import Target, load_target
 
@@ -42,4 +45,11 @@ def apply(model: nn.Module, config: TechniqueConfig, *, target: Target | str | N
             example_inputs = tuple(model.example_inputs())
     ctx = Context(example_inputs=example_inputs, target=target, data=data, teacher=teacher, seed=seed,
                   progress=progress or SilentProgress())
-    return build(config).apply(model, ctx)
+    before = {id(p) for p in model.parameters()}
+    earlier = applied(model)
+    result = build(config).apply(model, ctx)
+    record(earlier, result.model, config, result.state)  # what compress.save replays (compress.persist)
+    replaced = sum(1 for p in result.model.parameters() if id(p) not in before)
+    if replaced:  # an optimizer built before this call would train nothing: the guard says so at step 1
+        result = dataclasses.replace(result, hooks=HookSet([stale_optimizer_guard(replaced)]) + result.hooks)
+    return result

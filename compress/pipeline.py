@@ -37,8 +37,9 @@ from compress.datasets import load as load_dataset
 from compress.deploy import BundleSpec, deploy
 from compress.deploy_exits import deploy_exits
 from compress.exits.branches import EarlyExitModel
+from compress.hf_pipeline import cloud_hf, deploy_adapted, is_adapted
 from compress.models import build_from_spec
-from compress.recipe import Plan, Recipe
+from compress.recipe import Plan, Recipe, data_options
 from compress.registry import build as build_technique
 from export.profile import load_profile
 from export.report import render_markdown
@@ -74,6 +75,8 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _example_inputs(model: nn.Module, data: Dataset) -> tuple[torch.Tensor, ...]:
+    if is_adapted(model):  # several inputs: the adapter reads the record array
+        return tuple(model.adapter.tensors(data.test.x[:1]).values())
     if hasattr(model, "example_inputs"):
         return tuple(model.example_inputs())
     return (torch.from_numpy(data.test.x[:1]),)
@@ -106,7 +109,7 @@ def run(recipe: Recipe, *, out_dir: str | Path = "runs", variants: list[str] | N
     models: list[dict[str, Any]] = []
     cloud_spec = BundleSpec("cloud", recipe.cloud_target(), recipe.name, recipe.sha256, seed, profile=device_profile)
     log("exporting the cloud model")
-    entry = deploy(cloud, cloud_spec, data=data, example_inputs=example_inputs, export_plan=None, stages=[],
+    entry = (deploy_adapted if is_adapted(cloud) else deploy)(cloud, cloud_spec, data=data, example_inputs=example_inputs, export_plan=None, stages=[],
                    out_dir=run_dir / "cloud")
     bundles["cloud"], models = run_dir / "cloud", [entry]
     for plan in plans:
@@ -115,7 +118,7 @@ def run(recipe: Recipe, *, out_dir: str | Path = "runs", variants: list[str] | N
         log(f"exporting variant {plan.variant!r} for {plan.target.name}")
         spec = BundleSpec(plan.variant, plan.target, recipe.name, recipe.sha256, seed, formats=plan.export,
                           profile=device_profile)
-        deploy_fn = deploy_exits if isinstance(model, EarlyExitModel) else deploy
+        deploy_fn = deploy_exits if isinstance(model, EarlyExitModel) else deploy_adapted if is_adapted(model) else deploy
         models.append(deploy_fn(model, spec, data=data, example_inputs=example_inputs, export_plan=export_plan,
                                 stages=stage_reports, out_dir=run_dir / plan.variant))
         bundles[plan.variant] = run_dir / plan.variant
@@ -125,7 +128,7 @@ def run(recipe: Recipe, *, out_dir: str | Path = "runs", variants: list[str] | N
 
 def _load_data(recipe: Recipe, seed: int) -> Dataset:
     try:
-        return load_dataset(recipe.data.dataset, seed=seed, **recipe.data.options)
+        return load_dataset(recipe.data.dataset, seed=seed, **data_options(recipe))
     except EdgetierError as exc:
         problem = f"{exc.where}: {exc.problem}" if exc.where else exc.problem
         raise RecipeError(problem, where=recipe.where(("data",)), fix=exc.fix) from None
@@ -148,6 +151,8 @@ def _cloud_model(recipe: Recipe, data: Dataset, run_dir: Path, seed: int, plans:
                  log: Log) -> tuple[nn.Module, str]:
     torch.manual_seed(seed)  # model initialization is part of what the seed fixes
     spec = recipe.model
+    if spec.hf is not None:  # pretrained, loaded offline (compress.hf_pipeline)
+        return cloud_hf(recipe, data, plans, check=_check_plans, log=log)
     model = build_from_spec(zoo=spec.zoo, factory=spec.factory, options=spec.options,
                             input_shape=data.input_shape, num_classes=data.num_classes)
     if plans:

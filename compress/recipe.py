@@ -49,6 +49,10 @@ class ModelSpec(BaseModel):
 
     zoo: str | None = None
     factory: str | None = Field(None, description="'package.module:function' returning an nn.Module")
+    hf: str | None = Field(None, description="a Hugging Face model folder or installed package, loaded offline")
+    task: Literal["sequence_embedding", "text_classification", "image_classification"] | None = Field(
+        None, description="with hf: what the model does (its adapter: mean-pooled embedding or logits)")
+    output: str | None = Field(None, description="with hf: the output field that is the prediction (default by task)")
     checkpoint: str | None = Field(None, description="state_dict file (loaded with weights_only=True)")
     train: TrainPatch = Field(default_factory=TrainPatch, description="how the cloud model is trained without a checkpoint")
 
@@ -300,17 +304,50 @@ def _model_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | N
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
+def data_options(recipe: Recipe) -> dict[str, Any]:
+    """The data options, with a text dataset's tokenizer defaulting to the Hugging Face model's folder."""
+    options = recipe.data.options
+    if recipe.data.dataset == "text" and options.get("tokenizer") is None and recipe.model.hf is not None:
+        options["tokenizer"] = str(hf_source(recipe))
+    return options
+
+
+def hf_source(recipe: Recipe) -> str | Path:
+    source = recipe.model.hf or ""
+    local = recipe.resolve_file(source)
+    return local if local.exists() else source  # a folder next to the recipe, else an installed package
+
+
+def _check_hf(recipe: Recipe) -> None:
+    from compress.models.hf import hf_folder
+
+    m = recipe.model
+    if m.zoo is not None or m.factory is not None or m.options:
+        raise RecipeError("a Hugging Face model takes only hf, task, output, checkpoint and train",
+                          where=recipe.where(("model",)), fix="remove zoo / factory / other keys next to hf")
+    if m.task is None:
+        raise RecipeError("a Hugging Face model needs its task", where=recipe.where(("model", "hf")),
+                          fix="add `task: sequence_embedding`, `text_classification` or `image_classification`")
+    try:
+        hf_folder(hf_source(recipe))
+    except EdgetierError as exc:
+        raise RecipeError(exc.problem, where=recipe.where(("model", "hf")), fix=exc.fix) from None
+
+
 def _check_sources(recipe: Recipe) -> None:
     """Model and data sources: zoo names and parameters, factories that import, checkpoints that exist."""
     from compress.datasets import check_spec as check_data_spec
     from compress.models import check_spec as check_model_spec
 
     m = recipe.model
-    if (m.zoo is None) == (m.factory is None):
+    if m.hf is not None:
+        _check_hf(recipe)
+    elif (m.zoo is None) == (m.factory is None):
         raise RecipeError("the model needs exactly one of `zoo` or `factory`", where=recipe.where(("model",)),
                           fix="write `zoo: resnet1d` (a reference model) or `factory: package.module:function`")
     try:
-        check_model_spec(zoo=m.zoo, factory=m.factory, options=m.options)
+        if m.hf is None:
+            check_model_spec(zoo=m.zoo, factory=m.factory, options=m.options)
     except EdgetierError as exc:
         raise _rewrap(exc, recipe.where(("model", "zoo" if m.zoo else "factory"))) from None
     if m.checkpoint is not None and not recipe.resolve_file(m.checkpoint).is_file():
@@ -319,7 +356,7 @@ def _check_sources(recipe: Recipe) -> None:
                           fix="give the path of a saved state_dict, relative to the recipe file, or remove the key "
                               "to train the cloud model")
     try:
-        check_data_spec(recipe.data.dataset, recipe.data.options)
+        check_data_spec(recipe.data.dataset, data_options(recipe))
     except EdgetierError as exc:
         raise _rewrap(exc, recipe.where(("data",))) from None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from export import inputs
 from export.errors import ExportError
 from export.onnx_params import learned_params
 from export.runtime import input_dtype, open_model
@@ -57,6 +59,8 @@ def latency_ms(
         raise ExportError(
             f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}", where=str(model_path)
         )
+    if isinstance(x_one, Mapping) or (isinstance(x_one, np.ndarray) and x_one.dtype.names):
+        return _latency_feed(model_path, x_one, threads=threads, warmup=warmup, repeats=repeats)
     x_one = np.asarray(x_one)
     if x_one.ndim < 1 or x_one.shape[0] != 1:
         raise ExportError(
@@ -66,7 +70,24 @@ def latency_ms(
         )
     session = open_model(model_path, threads=threads)
     spec = session.get_inputs()[0]
-    feed = {spec.name: x_one.astype(input_dtype(session), copy=False)}
+    return _timed(session, {spec.name: x_one.astype(input_dtype(session), copy=False)}, threads=threads,
+                  warmup=warmup, repeats=repeats)
+
+
+def _latency_feed(model_path: str | os.PathLike[str], x_one: Any, *, threads: int, warmup: int,
+                  repeats: int) -> Latency:
+    """`latency_ms` for several inputs (a dict of arrays or a record array, one row)."""
+    session = open_model(model_path, threads=threads)
+    entries = [{"name": i.name, "dtype": input_dtype(session, k).name, "shape": None}
+               for k, i in enumerate(session.get_inputs())]
+    feed = inputs.feed(entries, x_one, where=str(model_path))
+    if inputs.batch_len(feed) != 1:
+        raise ExportError(f"latency is measured at batch 1, got {inputs.batch_len(feed)} rows",
+                          where=str(model_path), fix="pass one row")
+    return _timed(session, feed, threads=threads, warmup=warmup, repeats=repeats)
+
+
+def _timed(session: Any, feed: dict[str, np.ndarray], *, threads: int, warmup: int, repeats: int) -> Latency:
     for _ in range(warmup):
         session.run(None, feed)
     times = np.empty(repeats)

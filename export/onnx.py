@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,7 @@ import onnxruntime as ort
 import torch
 
 from export.errors import ExportError, ParityError
+from export.inputs import batch_len, feed
 from export.runtime import input_dtype
 
 __all__ = ["Parity", "assert_parity", "check_parity", "export_onnx"]
@@ -49,10 +50,14 @@ def export_onnx(
     input_name: str | Sequence[str] = "input",
     output_name: str | Sequence[str] = "logits",
     dynamic_batch: bool = True,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
 ) -> Path:
     """Export `model` in eval mode to a single ONNX file at `path` (its train/eval mode is restored).
 
     With `dynamic_batch`, dimension 0 of every input and output is named `batch` and may vary.
+    `dynamic_axes` (input name -> {dim: axis name}, e.g. `{1: "sequence"}` for token ids) adds
+    more dynamic axes; an output shares an input's named axis when its dim has that input's size
+    (the sequence axis of per-token outputs).
 
     >>> import tempfile, pathlib, torch
     >>> with tempfile.TemporaryDirectory() as d:
@@ -68,7 +73,12 @@ def export_onnx(
             where=str(path),
             fix="pass one input name per example input",
         )
-    axes = {name: {0: "batch"} for name in inputs + outputs} if dynamic_batch else None
+    axes: dict[str, dict[int, str]] | None = (
+        {name: {0: "batch"} for name in inputs + outputs} if dynamic_batch else None)
+    if dynamic_axes:
+        axes = axes or {}
+        for name, dims in dynamic_axes.items():
+            axes.setdefault(name, {}).update({int(k): v for k, v in dims.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     with eval_mode(model), warnings.catch_warnings():
         # The legacy-exporter deprecation is expected: dynamo=False is a deliberate choice (see module doc).
@@ -120,11 +130,14 @@ def check_parity(
     True
     """
     session = ort.InferenceSession(os.fspath(onnx_path), providers=["CPUExecutionProvider"])
-    feed_name = session.get_inputs()[0].name
-    x = np.asarray(x, dtype=input_dtype(session))
-    got = session.run(None, {feed_name: x})
+    # several inputs come as a dict or a record array; `model` takes them positionally in graph order
+    entries = [{"name": i.name, "dtype": input_dtype(session, k).name, "shape": None}
+               for k, i in enumerate(session.get_inputs())]
+    inputs = feed(entries, x, where=str(onnx_path))
+    got = session.run(None, inputs)
     with eval_mode(model), torch.no_grad():
-        ref = model(torch.from_numpy(x).to(_device(model)))
+        ref = model(*(torch.from_numpy(a).to(_device(model)) for a in inputs.values()))
+    n = batch_len(inputs)
     refs = [t.detach().cpu().numpy() for t in (ref if isinstance(ref, (tuple, list)) else (ref,))]
     if len(got) != len(refs) or any(a.shape != b.shape for a, b in zip(got, refs, strict=True)):
         raise ParityError(
@@ -138,8 +151,8 @@ def check_parity(
     ref_mag = np.concatenate([np.abs(b.astype(np.float64)).ravel() for b in refs])
     big = ref_mag > atol
     top1 = (
-        np.mean(got[0].reshape(len(x), -1).argmax(1) == refs[0].reshape(len(x), -1).argmax(1))
-        if len(x)
+        np.mean(got[0].reshape(n, -1).argmax(1) == refs[0].reshape(n, -1).argmax(1))
+        if n
         else 1.0
     )
     return Parity(
@@ -174,7 +187,7 @@ def assert_parity(
     parity = check_parity(onnx_path, model, x, atol=atol, rtol=rtol)
     if not parity.passed:
         raise ParityError(
-            f"ONNX output differs from PyTorch on {len(x)} inputs: max |diff| {parity.max_abs_diff:.3g} > "
+            f"ONNX output differs from PyTorch on {_rows(x)} inputs: max |diff| {parity.max_abs_diff:.3g} > "
             f"atol {atol:g} + rtol {rtol:g} * |ref| (max relative diff {parity.max_rel_diff:.3g}, "
             f"top-1 agreement {parity.top1_agreement:.1%})",
             where=str(onnx_path),
@@ -189,6 +202,10 @@ def _scaled(rtol: float, ref_mag: np.ndarray) -> np.ndarray:
     # An infinite rtol ("only top-1 matters") must not turn 0 * inf into NaN and fail exact zeros.
     with np.errstate(invalid="ignore"):
         return np.where(ref_mag > 0, rtol * ref_mag, 0.0)
+
+
+def _rows(x: object) -> int:
+    return len(next(iter(x.values()))) if isinstance(x, Mapping) else len(x)  # type: ignore[arg-type]
 
 
 def _names(name: str | Sequence[str]) -> list[str]:

@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf
 
+from export import inputs as model_inputs
 from export.errors import BundleError, ExportError
 from export.litert import TFLiteSession
 from export.manifest import verify_bundle
@@ -109,6 +110,7 @@ class Bundle:
     manifest: dict[str, Any]
     session: ort.InferenceSession | TFLiteSession = field(repr=False)
     segments: tuple[ort.InferenceSession | TFLiteSession, ...] = field(default=(), repr=False)
+    tokenizer: Any = field(default=None, repr=False)  # export.tokenizer.TextEncoder when the bundle has one
 
     @property
     def exits(self) -> list[dict[str, Any]]:
@@ -137,6 +139,16 @@ class Bundle:
         if self.segments:
             for start in range(0, len(x), batch_size):
                 yield self.predict(x[start:start + batch_size], batch_size=batch_size)
+            return
+        if "inputs" in self.manifest:  # several inputs, or text: see export.inputs
+            texts = model_inputs.is_texts(x)
+            step = range(0, len(x), batch_size) if texts else [None]
+            for start in step:  # text is tokenized per batch, so each batch pads to its own longest text
+                part = x[start:start + batch_size] if start is not None else x
+                feed = model_inputs.bundle_feed(self.manifest, part, self.tokenizer, where=str(self.path))
+                for rows in model_inputs.rows(feed, batch_size):
+                    (out,) = self.session.run([self.manifest["output"]["name"]], rows)
+                    yield np.asarray(out, dtype=np.float32)
             return
         x = self._checked_input(x)
         in_name, out_name = self.manifest["input"]["name"], self.manifest["output"]["name"]
@@ -167,7 +179,7 @@ class Bundle:
             taken = np.concatenate([p[1] for p in parts])
             return (logits, taken) if return_exits else logits
         batches = list(self.iter_predict(x, batch_size))
-        if batches:
+        if batches or "inputs" in self.manifest:
             logits = np.concatenate(batches, axis=0)
         else:  # no rows: run an empty batch so the result still has the right trailing shape
             in_name, out_name = self.manifest["input"]["name"], self.manifest["output"]["name"]
@@ -239,17 +251,32 @@ def load(bundle_dir: str | os.PathLike[str], *, threads: int = 1) -> Bundle:
             where=str(root),
             fix="re-export the bundle; if it was exported fine, use an opset this onnxruntime supports",
         ) from None
+    tokenizer = _tokenizer(root, manifest)
     if isinstance(session, TFLiteSession):  # .tflite tensors are named by position (args_0, output_0)
-        return Bundle(path=root, manifest=manifest, session=session)
+        return Bundle(path=root, manifest=manifest, session=session, tokenizer=tokenizer)
     names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
-    if inp["name"] not in names[0] or out["name"] not in names[1]:
+    wanted = [e.get("name") for e in model_inputs.specs(manifest)]
+    if any(n not in names[0] for n in wanted) or out["name"] not in names[1]:
         raise BundleError(
-            f"the manifest names input '{inp['name']}' and output '{out['name']}', but the model has "
+            f"the manifest names input {', '.join(repr(w) for w in wanted)} and output '{out['name']}', but the model has "
             f"inputs {names[0]} and outputs {names[1]}",
             where=str(root / "manifest.json"),
             fix="re-export the bundle so the manifest and model agree",
         )
-    return Bundle(path=root, manifest=manifest, session=session)
+    return Bundle(path=root, manifest=manifest, session=session, tokenizer=tokenizer)
+
+
+def _tokenizer(root: Path, manifest: dict[str, Any]) -> Any:
+    """The bundle's text encoder (export.tokenizer), when the manifest lists a verified tokenizer file."""
+    entry = manifest.get("tokenizer")
+    if entry is None:
+        return None
+    if not isinstance(entry, dict) or entry.get("file") not in manifest["files"]:
+        raise BundleError("the manifest's tokenizer entry names no file listed in its files",
+                          where=str(root / "manifest.json"), fix="re-export the bundle with its tokenizer")
+    from export.tokenizer import TextEncoder  # `tokenizers` is needed only by text bundles
+
+    return TextEncoder(root / entry["file"], max_length=int(entry.get("max_length", 128)))
 
 
 def _spec(manifest: dict[str, Any], key: str, needed: tuple[str, ...], root: Path) -> dict[str, Any]:

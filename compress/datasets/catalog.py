@@ -40,11 +40,20 @@ def _factory(*, seed: int, factory: str | None, kwargs: dict[str, Any] | None,
     return load_factory(str(factory), kwargs=kwargs, seed=seed, calib_samples=calib_samples)
 
 
+def _text(*, seed: int, **options: Any) -> Dataset:
+    from .text import text_dataset  # tokenizers only for text
+
+    return text_dataset(seed=seed, **options)
+
+
 # name -> (its options with their defaults, its loader); the loader gets the seed and every option.
 DATASETS: dict[str, tuple[dict[str, Any], Callable[..., Dataset]]] = {
     "digits": (dict(_SPLIT_OPTIONS), _digits),
     "mnist1d": ({"samples": 10_000, **_SPLIT_OPTIONS}, _mnist1d),
     "factory": ({"factory": None, "kwargs": None, "calib_samples": 256}, _factory),
+    # sentences (a built-in offline source or a file of lines) tokenized with the model's tokenizer
+    "text": ({"tokenizer": None, "source": "sklearn_descriptions", "file": None, "samples": None, "max_length": 128,
+              "calib_samples": 64}, _text),
 }
 
 
@@ -108,9 +117,16 @@ def _check_values(name: str, seed: int, settings: dict[str, Any]) -> None:
             raise DataError(f"{key} is {value!r}", where=where, fix=f"give {key} as an integer >= {minimum}")
 
     whole("seed", seed, 0)
-    if "samples" in settings:
+    if settings.get("samples") is not None:
         whole("samples", settings["samples"], 10)  # MNIST-1D makes samples // 10 per class
     whole("calib_samples", settings["calib_samples"], 1)
+    if name == "text":
+        from .text import SOURCES
+
+        whole("max_length", settings["max_length"], 8)
+        if settings["file"] is None and settings["source"] not in SOURCES:
+            raise DataError(f"unknown text source {settings['source']!r}", where=where,
+                            fix=f"use one of {', '.join(SOURCES)}, or give `file: <one text per line>`")
     fractions = [k for k in ("val_fraction", "test_fraction") if k in settings]
     for key in fractions:
         value = settings[key]

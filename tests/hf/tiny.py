@@ -32,3 +32,16 @@ def token_batch(n: int = 4, seq: int = 7, *, vocab: int = 64, seed: int = 0) -> 
     lengths = torch.randint(2, seq + 1, (n,), generator=g)
     mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
     return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+def tiny_tokenizer_json(path, *, words=("the", "a", "model", "small", "runs", "on", "device", "text", "edge")):
+    """A WordPiece tokenizer.json with [PAD]=0, [UNK], [CLS], [SEP] and a few words (vocab < 64)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
+                                                                                              ("[SEP]", 3)])
+    tok.save(str(path))
+    return path
