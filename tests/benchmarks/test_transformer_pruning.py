@@ -14,8 +14,15 @@ after onnxruntime dynamic int8 of the exported pruned model), before and after d
 nearest-neighbour agreement (each sentence's top-1 neighbour among the others is the original's).
 
 Run: `.venv/bin/python -m pytest -m benchmark tests/benchmarks/test_transformer_pruning.py -s`.
-Not yet measured: the first run (300 steps) did not finish within 35 minutes on the 2 shared cores
-(load average 15 at the time); it prints its numbers as `RESULTS {...}`.
+Measured (seed 0, 300 steps of 32 sentences from 3,294 docstring sentences, 2,026 s on 2 CPU cores
+shared with other jobs at load ~15), on 256 held-out sentences — (cosine to the original, top-1
+neighbour agreement):
+- pruned (54 of 72 heads, MLP 1536 → 768; 22.71 M → 18.28 M parameters): (0.645, 0.418);
+- distilled, PyTorch fp32: (0.865, 0.563);
+- distilled, onnxruntime dynamic int8 (per-channel): (0.860, 0.547).
+The issue's end-variant bar (0.92 after int8) is not met: 300 steps on 3.3 k short sentences is all
+this machine allowed; the loss was still falling (longer distillation and more varied text are the
+next levers, then a smaller MLP cut).
 """
 
 from __future__ import annotations
