@@ -21,7 +21,7 @@ neighbour agreement):
 - distilled, PyTorch fp32: (0.865, 0.563);
 - distilled, onnxruntime dynamic int8 (per-channel): (0.860, 0.547).
 The issue's end-variant bar (0.92 after int8) is not met: 300 steps on 3.3 k short sentences is all
-this machine allowed; the loss was still falling (longer distillation and more varied text are the
+this machine allowed (the loss curve was not recorded; longer distillation and more varied text are the
 next levers, then a smaller MLP cut).
 """
 
