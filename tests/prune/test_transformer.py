@@ -109,3 +109,16 @@ def test_pruning_heads_of_a_model_without_attention_is_one_clear_error():
 def test_heads_and_ratio_together_are_refused():
     with pytest.raises(ValueError, match="not both"):
         StructuredPruneConfig(heads=0.25, ratio=0.5)
+
+
+def test_compress_save_and_load_round_trip_a_head_pruned_bert(tmp_path):
+    import compress
+
+    model, example = _bert()
+    pruned = compress.apply(model, StructuredPruneConfig(heads=0.25, mlp=0.5), example_inputs=example).model
+    compress.save(pruned, tmp_path / "bert.pt")
+    again = compress.load(tmp_path / "bert.pt", tiny_bert(hidden=HIDDEN, heads=HEADS, layers=LAYERS, seed=3),
+                          example_inputs=example)
+    assert again.config.num_attention_heads == 3
+    with torch.no_grad():  # same weights and ops: equal up to float summation order (identical in practice)
+        torch.testing.assert_close(again(*example).last_hidden_state, pruned(*example).last_hidden_state)
