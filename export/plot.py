@@ -102,7 +102,7 @@ def _pareto_figure(points: Sequence[Mapping[str, Any]], *, x: str, y: str, label
     xy = [(_value(p, x), _value(p, y)) for p in points]
     shown = [(a, b) for a, b in xy if a is not None and b is not None]
     if shown:
-        ax.scatter(*zip(*shown, strict=True), s=18, color="0.6", label="candidates")
+        ax.scatter(*zip(*shown, strict=True), s=18, color="0.6", label="models" if names else "candidates")
     front = pareto_front(points, x=x, y=y, maximize_y=maximize_y)
     if front:
         fx, fy = [xy[i][0] for i in front], [xy[i][1] for i in front]
@@ -117,6 +117,8 @@ def _pareto_figure(points: Sequence[Mapping[str, Any]], *, x: str, y: str, label
                 ax.annotate(str(point.get(names, "")), (a, b), textcoords="offset points", xytext=(5, 5), fontsize=8)
     if log_x and shown and min(a for a, _ in shown) > 0:
         ax.set_xscale("log")
+    if names is not None:
+        ax.margins(x=0.12)  # room for the labels of the outermost points
     ax.set_xlabel(label_x)
     ax.set_ylabel(label_y)
     ax.set_title(title)
