@@ -17,7 +17,6 @@ the attention mask is 1. The teacher is a private frozen copy, as in `distill`.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -31,6 +30,7 @@ from compress.core.config import TechniqueConfig
 from compress.core.context import Context
 from compress.core.errors import EdgetierError
 from compress.core.technique import BaseTechnique, Hooks, HookSet, Result
+from compress.distill.technique import frozen_teacher
 
 WHERE = "feature_distill"
 
@@ -171,19 +171,7 @@ class FeatureDistill(BaseTechnique):
         return Result(model, hooks=self._hooks(model, ctx)[0], state=state)
 
     def _teacher(self, ctx: Context) -> nn.Module:
-        if ctx.teacher is None:
-            raise EdgetierError("feature_distill needs a teacher model and none was given", where=WHERE,
-                                fix="pass teacher=... to compress.apply (a recipe uses the cloud model)")
-        teacher = copy.deepcopy(ctx.teacher)  # private and frozen: see distill.technique
-        if self.config.teacher_checkpoint is not None:
-            try:
-                state = torch.load(self.config.teacher_checkpoint, map_location="cpu", weights_only=True)
-                teacher.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
-            except (OSError, RuntimeError, AttributeError) as exc:
-                raise EdgetierError(f"the teacher checkpoint does not load ({str(exc).splitlines()[0]})",
-                                    where=self.config.teacher_checkpoint,
-                                    fix="give a state_dict saved from the cloud model's architecture") from None
-        return teacher.eval().requires_grad_(False)
+        return frozen_teacher(ctx, self.config.teacher_checkpoint, kind="feature_distill", where=WHERE)
 
     def _hooks(self, model: nn.Module, ctx: Context) -> tuple[HookSet, dict[str, Any]]:
         cfg = self.config

@@ -63,23 +63,7 @@ class Distill(BaseTechnique):
         return Result(model, hooks=self._hooks(self._teacher(ctx)))
 
     def _teacher(self, ctx: Context) -> nn.Module:
-        if ctx.teacher is None:
-            raise EdgetierError("distill needs a teacher model and none was given",
-                                fix="pass teacher=... to compress.apply (a recipe uses the cloud model)")
-        # A private frozen copy: freezing the caller's model in place would leak into everything
-        # else that uses it. In a recipe the teacher is the cloud model, which later variants
-        # deep-copy as their starting point: they inherited requires_grad=False, so their whole
-        # backbone silently stopped training (measured: exit 1 at 88.1 % instead of 96.0 %).
-        teacher = copy.deepcopy(ctx.teacher)
-        if self.config.teacher_checkpoint is not None:
-            try:
-                state = torch.load(self.config.teacher_checkpoint, map_location="cpu", weights_only=True)
-                teacher.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
-            except (OSError, RuntimeError, AttributeError) as exc:
-                raise EdgetierError(f"the teacher checkpoint does not load ({str(exc).splitlines()[0]})",
-                                    where=self.config.teacher_checkpoint,
-                                    fix="give a state_dict saved from the cloud model's architecture") from None
-        return teacher.eval().requires_grad_(False)
+        return frozen_teacher(ctx, self.config.teacher_checkpoint, kind="distill")
 
     def _hooks(self, teacher: nn.Module) -> HookSet:
         temperature, alpha = self.config.temperature, self.config.alpha
@@ -96,3 +80,26 @@ class Distill(BaseTechnique):
             return total
 
         return HookSet([Hooks(loss=loss)])
+
+
+def frozen_teacher(ctx: Context, checkpoint: str | None, *, kind: str, where: str | None = None) -> nn.Module:
+    """A private, frozen, eval-mode copy of the context's teacher, with `checkpoint` loaded if given.
+
+    A copy, because freezing the caller's model in place would leak into everything else that
+    uses it: in a recipe the teacher is the cloud model, which later variants deep-copy as their
+    starting point — they inherited requires_grad=False and their whole backbone silently stopped
+    training (measured: exit 1 at 88.1 % instead of 96.0 %).
+    """
+    if ctx.teacher is None:
+        raise EdgetierError(f"{kind} needs a teacher model and none was given", where=where,
+                            fix="pass teacher=... to compress.apply (a recipe uses the cloud model)")
+    teacher = copy.deepcopy(ctx.teacher)
+    if checkpoint is not None:
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            teacher.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+        except (OSError, RuntimeError, AttributeError) as exc:
+            raise EdgetierError(f"the teacher checkpoint does not load ({str(exc).splitlines()[0]})",
+                                where=checkpoint,
+                                fix="give a state_dict saved from the cloud model's architecture") from None
+    return teacher.eval().requires_grad_(False)
