@@ -63,3 +63,16 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(1)
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """Run `edgetier ARGS` in-process; (exit code, stdout, stderr)."""
+    import sys
+
+    from compress.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["edgetier", *args])
+    with pytest.raises(SystemExit) as info:
+        main()
+    captured = capsys.readouterr()
+    return int(info.value.code or 0), captured.out, captured.err

@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 
 import pytest
 
-from compress.cli import main
-
-
-def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["edgetier", *args])
-    with pytest.raises(SystemExit) as info:
-        main()
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
+from tests.conftest import run_cli as _cli
 
 
 def _bad_recipes():

@@ -43,6 +43,15 @@ def dense_resnet1d(mnist1d: Dataset) -> nn.Module:
     return model.eval()
 
 
+@pytest.fixture(scope="module")
+def digits_resnet2d(digits: Dataset) -> nn.Module:
+    """resnet2d (width 32) trained 20 epochs on the 1,257 training digits."""
+    torch.manual_seed(SEED)
+    model = build("resnet2d", input_shape=digits.input_shape, num_classes=digits.num_classes, width=32)
+    fit(model, digits.train, TrainSpec(epochs=20, lr=3e-3, batch_size=64), seed=SEED)
+    return model.eval()
+
+
 @pytest.fixture
 def fresh_dense(dense_resnet1d: nn.Module) -> nn.Module:
     return copy.deepcopy(dense_resnet1d)

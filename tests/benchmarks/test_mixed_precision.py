@@ -38,11 +38,10 @@ from torch import nn
 from compress.core.context import Context
 from compress.core.train import TrainSpec, fit
 from compress.datasets import Dataset
-from compress.models import build
 from compress.quant.mixed_precision import MixedPrecision, MixedPrecisionConfig
 from compress.quant.qat import QAT, QATConfig
 from compress.targets import load_target
-from tests.benchmarks.conftest import SEED, measure
+from tests.benchmarks.conftest import measure
 
 pytestmark = pytest.mark.benchmark
 
@@ -52,12 +51,6 @@ SEEDS = (0, 1, 2)
 EPS = 1e-9  # accuracies are fractions of the test set: equality is a pass
 
 
-@pytest.fixture(scope="module")
-def digits_resnet2d(digits: Dataset) -> nn.Module:
-    torch.manual_seed(SEED)
-    model = build("resnet2d", input_shape=digits.input_shape, num_classes=digits.num_classes, width=32)
-    fit(model, digits.train, TrainSpec(epochs=20, lr=3e-3, batch_size=64), seed=SEED)
-    return model.eval()
 
 
 def _run(dense: nn.Module, data: Dataset, technique: Any, out: Path, name: str, seed: int) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from torch import nn
 import compress
 from compress.core.train import TrainSpec, fit
 from compress.datasets import Dataset
-from compress.models import build
 from compress.quant.mixed_precision import MixedPrecisionConfig
 from compress.quant.qat import QATConfig
 from tests.benchmarks.conftest import SEED, measure
@@ -34,13 +33,6 @@ QAT_TRAIN = TrainSpec(epochs=3, lr=5e-4, batch_size=128)  # the fine-tuning ever
 TARGET = "rpi4"  # fp32 + int8: 2- and 4-bit weights are dequantized at load, activations run at int8
 
 
-@pytest.fixture(scope="module")
-def digits_resnet2d(digits: Dataset) -> nn.Module:
-    """resnet2d (width 32) trained 20 epochs on the 1,257 training digits."""
-    torch.manual_seed(SEED)
-    model = build("resnet2d", input_shape=digits.input_shape, num_classes=digits.num_classes, width=32)
-    fit(model, digits.train, TrainSpec(epochs=20, lr=3e-3, batch_size=64), seed=SEED)
-    return model.eval()
 
 
 def _quantized(dense: nn.Module, data: Dataset, config: Any, out: Path, name: str) -> dict[str, Any]:

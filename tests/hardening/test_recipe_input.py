@@ -11,19 +11,10 @@ import time
 import pytest
 import torch
 
-from compress.cli import main
 from compress.core.errors import EdgetierError, RecipeError
 from compress.pipeline import run
 from compress.recipe import load_recipe
-
-
-def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["edgetier", *args])
-    with pytest.raises(SystemExit) as info:
-        main()
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
-
+from tests.conftest import run_cli as _cli
 
 # -- item 1: code in a recipe is opt-in -------------------------------------------------------
 

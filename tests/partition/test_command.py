@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,19 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from compress.cli import main
 from export.bundle import write_bundle
 from export.onnx import export_onnx
 from export.partitioned import load_split
 from export.runtime import make_session
-
-
-def _cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["edgetier", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    captured = capsys.readouterr()
-    return int(exc.value.code or 0), captured.out, captured.err
+from tests.conftest import run_cli as _cli
 
 
 @pytest.fixture
