@@ -39,14 +39,19 @@ class Segment:
         return self.manifest["partition"]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run on named inputs; outputs keyed by the name the next segment reads them under."""
-        names = [o.name for o in self.session.get_outputs()]
-        try:
-            values = self.session.run(names, {i.name: feeds[i.name] for i in self.session.get_inputs()})
-        except KeyError as err:
-            raise BundleError(f"segment {self.partition['index']} needs tensor {err} which was not received",
-                              where=str(self.path), fix="pair this bundle with the one it was cut with") from None
-        return {(n[: -len(RELAY)] if n.endswith(RELAY) else n): np.asarray(v) for n, v in zip(names, values, strict=True)}
+        """Run on named inputs; outputs keyed by the name the next segment reads them under.
+
+        Names come from the manifest (a .tflite graph names its tensors by position), in the
+        segment graph's order, which both runtimes keep.
+        """
+        ins = [i["name"] for i in self.partition["inputs"]]
+        outs = [o["name"] for o in self.partition["outputs"]]
+        missing = [n for n in ins if n not in feeds]
+        if missing:
+            raise BundleError(f"segment {self.partition['index']} needs tensor(s) {missing} which were not received",
+                              where=str(self.path), fix="pair this bundle with the one it was cut with")
+        values = self.session.run(outs, {n: feeds[n] for n in ins})
+        return {(n[: -len(RELAY)] if n.endswith(RELAY) else n): np.asarray(v) for n, v in zip(outs, values, strict=True)}
 
     def pack(self, outputs: dict[str, np.ndarray]) -> bytes:
         """Encode this segment's outputs for the wire: tensors by position in `sends` (names stay in the
@@ -81,7 +86,7 @@ def load_segment(bundle_dir: str | os.PathLike[str], *, threads: int = 1) -> Seg
 
     A bundle without a `partition` section is not a split bundle; refuse it rather than guess.
     """
-    from export.runtime import make_session
+    from export.runtime import open_model
 
     root = Path(bundle_dir)
     manifest = verify_bundle(root)
@@ -90,10 +95,11 @@ def load_segment(bundle_dir: str | os.PathLike[str], *, threads: int = 1) -> Seg
     if not isinstance(part, dict) or any(k not in part for k in keys):
         raise BundleError("this bundle is not a split bundle (no complete 'partition' section in its manifest)",
                           where=str(root / "manifest.json"), fix="write split bundles with `edgetier partition --out`")
-    if manifest["files"].get("model.onnx", {}).get("sha256") != part["segment_sha256"][part["index"]]:
+    file = manifest.get("model", {}).get("file", "model.onnx")
+    if manifest["files"].get(file, {}).get("sha256") != part["segment_sha256"][part["index"]]:
         raise BundleError("the segment file's sha256 is not the one its own partition section records",
                           where=str(root / "manifest.json"), fix="re-write the split bundles")
-    return Segment(root, manifest, make_session(root / "model.onnx", threads=threads))
+    return Segment(root, manifest, open_model(root / file, threads=threads))
 
 
 def load_split(bundle_dirs: Sequence[str | os.PathLike[str]], *, threads: int = 1) -> SplitModel:
