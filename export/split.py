@@ -31,6 +31,7 @@ from onnx import helper, utils
 from export.bundle import _swap_in, write_bundle
 from export.errors import ExportError
 from export.manifest import MANIFEST
+from export.policy import CRITERIA
 from export.split_format import ShippedSegment, ship_segment
 from export.wire import Crossing, calibrate
 
@@ -115,7 +116,8 @@ def write_split_bundles(model_path: str | os.PathLike[str], cuts: Sequence[Seque
                         out_dir: str | os.PathLike[str], *, tiers: Sequence[Mapping[str, Any]],
                         crossing_dtype: str = "fp32", calib: np.ndarray | None = None,
                         input_spec: Mapping[str, Any], output_spec: Mapping[str, Any],
-                        labels: Sequence[Any] = (), plan: Mapping[str, Any] | None = None) -> list[Path]:
+                        labels: Sequence[Any] = (), plan: Mapping[str, Any] | None = None,
+                        early_exit: Mapping[str, Any] | None = None) -> list[Path]:
     """Cut `model_path`, calibrate the crossing tensors on `calib` (int8), write `out_dir/<tier>/` bundles.
 
     `tiers`: per segment, the manifest's `target` entry (name, tier, runtime, export_format,
@@ -126,6 +128,10 @@ def write_split_bundles(model_path: str | os.PathLike[str], cuts: Sequence[Seque
     next to `out_dir`, which replaces `out_dir` by a rename only once all of them are complete. A
     failure at any point leaves `out_dir` as it was (absent, or the previous pair) and no staging
     folder behind.
+
+    `early_exit` (Edgent): `{"model": ONNX file of an exit head, "reads": a tensor of the first cut,
+    "criterion": confidence | entropy | normalized_entropy, "threshold": float}`; the end bundle
+    carries it as `exit.onnx`, and rows it answers are never sent (export.partitioned).
     """
     if len(tiers) != len(cuts) + 1:
         raise ExportError(f"{len(cuts) + 1} segments need {len(cuts) + 1} tiers, got {len(tiers)}",
@@ -134,6 +140,7 @@ def write_split_bundles(model_path: str | os.PathLike[str], cuts: Sequence[Seque
         raise ExportError(f"unknown crossing dtype {crossing_dtype!r}", fix="use fp32, fp16 or int8")
     if crossing_dtype == "int8" and calib is None:
         raise ExportError("an int8 crossing tensor needs calibration samples", fix="pass calib= (the calib split)")
+    _check_exit(early_exit, cuts)
     out = Path(out_dir)
     _check_split_folder(out)
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,7 +162,13 @@ def write_split_bundles(model_path: str | os.PathLike[str], cuts: Sequence[Seque
                 manifest = _manifest(k, path, target, ship, tiers=tiers, plan_id=plan_id, shas=shas,
                                      crossings=crossings, crossing_dtype=crossing_dtype, input_spec=input_spec,
                                      output_spec=output_spec, labels=labels, plan=plan)
-                write_bundle(stage / str(target.get("tier", k)), files={ship.model["file"]: ship.path},
+                files: dict[str, Path] = {ship.model["file"]: ship.path}
+                if early_exit is not None and k == 0:
+                    files["exit.onnx"] = Path(early_exit["model"])
+                    manifest["partition"]["exit"] = {"file": "exit.onnx", "reads": early_exit["reads"],
+                                                     "criterion": early_exit["criterion"],
+                                                     "threshold": float(early_exit["threshold"])}
+                write_bundle(stage / str(target.get("tier", k)), files=files,
                              manifest=manifest, report={"partition": manifest["partition"]},
                              report_md=f"# split segment {k}\n")
             _swap_in(stage, out)
@@ -188,6 +201,24 @@ def _manifest(k: int, path: Path, target: Mapping[str, Any], ship: ShippedSegmen
         "output": dict(output_spec) if last else seg_outputs[0],
         "labels": list(labels), "model": dict(ship.model), "partition": partition,
     }
+
+
+def _check_exit(early_exit: Mapping[str, Any] | None, cuts: Sequence[Sequence[str]]) -> None:
+    if early_exit is None:
+        return
+    missing = [k for k in ("model", "reads", "criterion", "threshold") if k not in early_exit]
+    if missing:
+        raise ExportError(f"the exit lacks {missing}", where="early_exit",
+                          fix="give model, reads, criterion and threshold")
+    if early_exit["reads"] not in cuts[0]:
+        raise ExportError(f"the exit reads {early_exit['reads']!r}, which the end segment does not send ({list(cuts[0])})",
+                          where="early_exit.reads", fix="attach the exit to a tensor of the first cut")
+    if early_exit["criterion"] not in CRITERIA:
+        raise ExportError(f"unknown exit criterion {early_exit['criterion']!r}", where="early_exit.criterion",
+                          fix=f"use one of {', '.join(CRITERIA)}")
+    if not Path(early_exit["model"]).is_file():
+        raise ExportError("the exit head's ONNX file does not exist", where=str(early_exit["model"]),
+                          fix="export the exit head first")
 
 
 def _check_split_folder(out: Path) -> None:
