@@ -180,14 +180,17 @@ class SplitModel:
         head = self.segments[0]
         parts, exited = [], []
         for i in range(0, len(x), batch_size):
-            outputs = head.run({head.manifest["input"]["name"]: np.asarray(x[i:i + batch_size], np.float32)})
+            batch = np.asarray(x[i:i + batch_size], np.float32)
+            outputs = head.run({head.manifest["input"]["name"]: batch})
             early = head.early_exit(outputs)
-            rows = len(_first(outputs))
+            rows = len(batch)
             answered = early[1] if early is not None else np.zeros(rows, bool)
             logits = early[0].copy() if early is not None else None
             rest = ~answered
             if rest.any():
-                payload = head.pack({k: v[rest] for k, v in outputs.items()})
+                # a crossing tensor without the batch axis (a shape, a constant) is the same for every row
+                payload = head.pack(outputs if rest.all() else
+                                    {k: v[rest] if v.ndim and len(v) == rows else v for k, v in outputs.items()})
                 if remote is not None:
                     answer = decode(remote(payload))
                 else:
