@@ -118,6 +118,7 @@ def start(bundle_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port: 
 
     root = Path(bundle_dir).resolve()
     verify_bundle(root)  # refuse a corrupted bundle before starting anything
+    _Model(str(root), next_url, timeout_s)  # and a middle segment without its next tier (or a last one with one)
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": 1, "include_dashboard": False}
         ray.init(log_to_driver=False, configure_logging=False, **kwargs)

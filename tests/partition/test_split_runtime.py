@@ -5,9 +5,7 @@ Serve round trip is in tests/benchmarks/test_partition.py."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +14,14 @@ import torch
 from torch import nn
 
 from compress.models import build
-from export.client import PLAN_HEADER, SegmentClient
+from export.client import SegmentClient
 from export.errors import BundleError, ExportError
 from export.onnx import export_onnx
 from export.partitioned import load_split
 from export.policy import exits as passes
 from export.runtime import make_session
 from export.split import write_split_bundles
+from tests.partition.servers import serve_model, stop
 from tests.partition.test_split import _every_cut
 
 # every target's stated tolerance (hw_targets/*.yaml): same ONNX operators, cut in pieces
@@ -142,40 +141,18 @@ def test_end_edge_cloud_composes_like_the_whole_model(model: dict, three: dict) 
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.97
 
 
-def _serve(model) -> tuple[ThreadingHTTPServer, str]:  # noqa: ANN001 - export.serve._Model
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            try:
-                status, out = model.answer(self.path, body, self.headers.get(PLAN_HEADER))
-            except ExportError as err:
-                status, out = 400, str(err).encode()
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
-
-
 @pytest.fixture
 def edge_and_cloud(three: dict) -> Iterator[str]:
     from export.serve import _Model
 
     _, edge_dir, cloud_dir = three["fp32"]
-    cloud, cloud_url = _serve(_Model(str(cloud_dir)))
-    edge, edge_url = _serve(_Model(str(edge_dir), next_url=f"{cloud_url}/segment", timeout_s=5))
+    cloud, cloud_url = serve_model(_Model(str(cloud_dir)))
+    edge, edge_url = serve_model(_Model(str(edge_dir), next_url=f"{cloud_url}/segment", timeout_s=5))
     try:
         yield edge_url
     finally:
-        for httpd in (edge, cloud):
-            httpd.shutdown()
-            httpd.server_close()
+        stop(edge)
+        stop(cloud)
 
 
 def test_end_edge_cloud_over_http_answers_like_the_local_chain(model: dict, three: dict, edge_and_cloud: str) -> None:
