@@ -8,6 +8,8 @@
   A middle segment (the edge of end -> edge -> cloud, `--next URL`) forwards what it computes to
   the next tier's `/segment` and relays the answer.
 - `POST /predict` — a whole-model bundle: ETW1 tensor "0" (the input) in, tensor "0" (logits) out.
+- `POST /echo` — answers the request's bytes unchanged, running nothing: the serving overhead alone
+  (HTTP, Ray Serve's proxy, the hop to a replica), to set beside a plan that has no term for it.
 - `GET /health` — JSON: the bundle's variant, kind and plan id.
 
 The bundle runs with the runtimes only (export.runtime / export.partitioned: numpy + onnxruntime).
@@ -71,6 +73,8 @@ class _Model:
     def answer(self, path: str, body: bytes, plan: str | None) -> tuple[int, bytes]:
         from export.wire import decode, encode
 
+        if path == "/echo":
+            return 200, body
         if path == "/segment" and self.kind == "segment":
             if plan is not None and plan != self.plan_id:
                 return 409, f"this server holds plan {self.plan_id}, the request is for plan {plan}".encode()
