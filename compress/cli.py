@@ -258,7 +258,10 @@ def partition(path: Annotated[Path, typer.Argument(help="run folder or bundle (i
                                       profile=load_profile(profile) if profile else None)
     out.print(plan.render(), markup=False, highlight=False)
     for b in bundles:
-        out.print(f"split bundle: {b}")
+        manifest = json.loads((b / "manifest.json").read_text(encoding="utf-8"))
+        note = manifest["partition"].get("format_note")
+        out.print(f"split bundle: {b} ({manifest['model']['file']})" + (f"; note: {note}" if note else ""),
+                  markup=False, highlight=False)
 
 
 @app.command()
