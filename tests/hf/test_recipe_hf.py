@@ -29,6 +29,8 @@ def _recipe(tmp_path: Path, folder: Path) -> Path:
     data = yaml.safe_load((RECIPES / "text_embedding.yaml").read_text())
     data["model"]["hf"] = str(folder)
     data["data"].update(samples=None, file=str(tmp_path / "lines.txt"), max_length=16)
+    distill = next(s for s in data["stages"] if s["kind"] == "feature_distill")
+    distill["with"]["layers"] = [{"student": f"model.encoder.layer.{i}"} for i in range(2)]  # tiny_bert: 2 layers
     (tmp_path / "lines.txt").write_text("\n".join(
         f"the small model runs on device {i}" if i % 2 else f"a text on the edge {i}" for i in range(40)))
     path = tmp_path / "r.yaml"
@@ -48,6 +50,16 @@ def test_text_embedding_recipe_with_a_tiny_bert(tmp_path):
     from export import runtime
 
     assert runtime.load(edge).predict(["the model runs", "a text"]).shape == (2, 32)
+    # the end variant: a quarter of the heads and half the MLP channels gone, distilled without labels, int8
+    run = tmp_path / "runs" / "text-embedding"
+    cloud, _, report = json.loads((run / "report.json").read_text())["models"]
+    prune, distill, _ = report["stages"]
+    assert prune["summary"]["heads_kept"] == [6, 8]
+    assert prune["summary"]["config"] == {"num_attention_heads": 3, "head_dim": 8, "intermediate_size": 32}
+    assert distill["kind"] == "feature_distill" and distill["val_accuracy"] is None  # no labels, no accuracy
+    assert report["precision"] == "int8" and report["torch_params"] < cloud["torch_params"]
+    end = run / "end"
+    assert runtime.load(end).predict(["the model runs", "a text"]).shape == (2, 32)
 
 
 def _main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
