@@ -35,7 +35,6 @@ def test_fit_takes_record_arrays_and_trains_label_free_on_the_hooks_loss():
     """Token inputs arrive as a record array (one field per model input); without labels the only
     loss is the stages' (here: pull the output towards 1), and no cross-entropy is added."""
     import numpy as np
-    import torch
     from torch import nn
 
     from compress.core.technique import Hooks, HookSet
