@@ -98,3 +98,26 @@ def test_a_folder_without_weights_is_refused_at_load(tmp_path):
     shutil.rmtree(folder)
     with pytest.raises(Exception, match="no Hugging Face model"):
         load_recipe(_recipe(tmp_path, folder))
+
+
+def test_a_model_folder_without_its_tokenizer_is_exit_2_nothing_written(tmp_path, monkeypatch, capsys):
+    folder = _folder(tmp_path)
+    (folder / "tokenizer.json").unlink()
+    code, err = _main(monkeypatch, capsys, "run", str(_recipe(tmp_path, folder)), "--out", str(tmp_path / "runs"))
+    assert code == 2
+    assert "no tokenizer.json" in err and "Fix:" in err and "Traceback" not in err
+    assert not list((tmp_path / "runs").rglob("manifest.json"))
+
+
+def test_a_recipe_pruning_heads_of_a_model_without_attention_is_exit_2_before_training(tmp_path, monkeypatch,
+                                                                                      capsys):
+    recipe = {"schema_version": 1, "name": "no-heads", "seed": 0,
+              "model": {"zoo": "resnet2d", "width": 8, "train": {"epochs": 1}}, "data": {"dataset": "digits"},
+              "stages": [{"name": "prune", "kind": "structured_prune", "with": {"heads": 0.25}}],
+              "variants": {"edge": {"target": "jetson_orin_nano"}}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    code, err = _main(monkeypatch, capsys, "run", str(path), "--out", str(tmp_path / "runs"))
+    assert code == 2
+    assert "no attention module" in err and "stages[0].with" in err and "Traceback" not in err
+    assert not list((tmp_path / "runs").rglob("*.pt")) and not list((tmp_path / "runs").rglob("manifest.json"))
