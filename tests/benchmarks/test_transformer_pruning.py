@@ -27,9 +27,7 @@ next levers, then a smaller MLP cut).
 
 from __future__ import annotations
 
-import ast
 import copy
-import re
 import time
 from pathlib import Path
 
@@ -40,6 +38,7 @@ import torch.nn.functional as F
 
 import compress
 from compress.core.adapter import ModelAdapter
+from compress.datasets.docstrings import package_docstrings, prose_sentences
 from compress.distill.feature import FeatureDistillConfig
 from compress.prune.structured import StructuredPruneConfig
 
@@ -47,54 +46,11 @@ pytestmark = pytest.mark.benchmark
 
 MAX_LEN = 48
 STEPS, BATCH, LR = 300, 32, 2e-4
-FILES_PER_PACKAGE = 60  # enough sentences, parsed in seconds
-PACKAGES = ("numpy", "torch", "scipy", "transformers", "pandas", "onnx", "pydantic", "networkx", "rich", "brevitas")
-_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
-
-
-def _plain(sentence: str) -> str | None:
-    """A prose sentence of 6-40 words, or None (code, tables, references, markup)."""
-    s = " ".join(sentence.split())
-    words = s.split()
-    if not 6 <= len(words) <= 40 or not s[0].isupper() or not s.endswith("."):
-        return None
-    if re.search(r"[=<>{}\[\]|`_*#:]|\(\)|http|\.\.", s) or sum(c.isalpha() for c in s) < 0.75 * len(s):
-        return None
-    return s
-
-
-def _sentences(texts: list[str]) -> list[str]:
-    found = []
-    for text in texts:
-        for paragraph in re.split(r"\n\s*\n", text):
-            for sentence in _SENTENCE.split(" ".join(paragraph.split())):
-                plain = _plain(sentence)
-                if plain is not None:
-                    found.append(plain)
-    return list(dict.fromkeys(found))
 
 
 def docstring_sentences(limit: int) -> list[str]:
-    import importlib.util
-
-    texts = []
-    for package in PACKAGES:
-        spec = importlib.util.find_spec(package)
-        if spec is None or spec.origin is None:
-            continue
-        for path in sorted(Path(spec.origin).parent.rglob("*.py"))[:FILES_PER_PACKAGE]:
-            try:
-                tree = ast.parse(path.read_text(encoding="utf-8"))
-            except (SyntaxError, UnicodeDecodeError, ValueError):
-                continue
-            for node in ast.walk(tree):
-                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                    doc = ast.get_docstring(node)
-                    if doc:
-                        texts.append(doc)
-    sentences = _sentences(texts)
-    rng = np.random.default_rng(0)
-    return [sentences[i] for i in rng.permutation(len(sentences))[:limit]]
+    """Distillation sentences: the text dataset's `package_docstrings` source (never a stdlib one)."""
+    return package_docstrings(limit, seed=0)
 
 
 def held_out_sentences(limit: int) -> list[str]:
@@ -104,8 +60,8 @@ def held_out_sentences(limit: int) -> list[str]:
     import sklearn.datasets
 
     folder = Path(sklearn.datasets.__file__).parent / "descr"
-    found = _sentences([p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.rst"))])
-    reference = _sentences([topics[k] for k in sorted(topics)])
+    found = prose_sentences([p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.rst"))])
+    reference = prose_sentences([topics[k] for k in sorted(topics)])
     rng = np.random.default_rng(1)
     return (found + [reference[i] for i in rng.permutation(len(reference))])[:limit]
 
