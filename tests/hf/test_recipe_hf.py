@@ -58,6 +58,7 @@ def test_text_embedding_recipe_with_a_tiny_bert(tmp_path):
     assert prune["summary"]["config"] == {"num_attention_heads": 3, "head_dim": 8, "intermediate_size": 32}
     assert distill["kind"] == "feature_distill" and distill["val_accuracy"] is None  # no labels, no accuracy
     assert report["precision"] == "int8" and report["torch_params"] < cloud["torch_params"]
+    assert report["int8_method"].endswith("(after onnxruntime transformer fusion)")  # 3 heads of 8, hidden 32
     end = run / "end"
     assert runtime.load(end).predict(["the model runs", "a text"]).shape == (2, 32)
 
