@@ -11,29 +11,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from compress.models import build
 from export.client import LinkEmulator
-from export.onnx import export_onnx
 from export.partitioned import load_split
 from export.split import write_split_bundles
 from export.split_run import main, run_split
 from tests.partition.servers import free_port, serve_garbage, serve_model, stop
-from tests.partition.test_split import _every_cut
+from tests.partition.tiny import SPEC_IN, SPEC_OUT, tiny_chain
 
-SPEC_IN = {"name": "input", "shape": [None, 1, 40], "dtype": "float32"}
-SPEC_OUT = {"name": "logits", "shape": [None, 10]}
 LINK = {"to": "cloud", "technology": "test", "bandwidth_mbps": 20.0, "rtt_ms": 4.0}
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> dict:
     d = tmp_path_factory.mktemp("run")
-    torch.manual_seed(0)
-    net = build("resnet1d", input_shape=(1, 40), num_classes=10, width=8).eval()
-    path = export_onnx(net, tuple(net.example_inputs(batch=1)), d / "m.onnx")
-    singles = [c for c in _every_cut(path, stride=1) if len(c) == 1]
+    path, singles = tiny_chain(d)
     dirs = write_split_bundles(path, [singles[len(singles) // 2]], d / "split",
                                tiers=[{"tier": "end", "link": LINK}, {"tier": "cloud"}],
                                input_spec=SPEC_IN, output_spec=SPEC_OUT)

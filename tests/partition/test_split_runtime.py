@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch import nn
 
-from compress.models import build
 from export.client import SegmentClient
 from export.errors import BundleError, ExportError
 from export.onnx import export_onnx
@@ -22,22 +21,17 @@ from export.policy import exits as passes
 from export.runtime import make_session
 from export.split import write_split_bundles
 from tests.partition.servers import serve_model, stop
-from tests.partition.test_split import _every_cut
+from tests.partition.tiny import SPEC_IN, SPEC_OUT, tiny_chain
 
 # every target's stated tolerance (hw_targets/*.yaml): same ONNX operators, cut in pieces
 ATOL, RTOL = 1e-4, 1e-3
-SPEC_IN = {"name": "input", "shape": [None, 1, 40], "dtype": "float32"}
-SPEC_OUT = {"name": "logits", "shape": [None, 10]}
 TIERS3 = [{"tier": "end"}, {"tier": "edge"}, {"tier": "cloud"}]
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> dict:
     d = tmp_path_factory.mktemp("rt")
-    torch.manual_seed(0)
-    net = build("resnet1d", input_shape=(1, 40), num_classes=10, width=8).eval()
-    path = export_onnx(net, tuple(net.example_inputs(batch=1)), d / "m.onnx")
-    singles = [c for c in _every_cut(path, stride=1) if len(c) == 1]  # block boundaries: one tensor crosses
+    path, singles = tiny_chain(d)  # block boundaries: one tensor crosses
     x = np.random.default_rng(0).standard_normal((40, 1, 40)).astype(np.float32)
     return {"dir": d, "path": path, "singles": singles, "x": x}
 
