@@ -32,8 +32,9 @@ from export.runtime import open_model
 OUTLIER = 300.0
 
 
-def _mlp() -> nn.Sequential:
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+def _mlp(inputs: int) -> nn.Sequential:
+    return nn.Sequential(nn.Flatten(), nn.Linear(inputs, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                         nn.Linear(64, 10))
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +42,13 @@ def digits():
     return load("digits", seed=0)
 
 
-@pytest.fixture(scope="module")
-def outlier_model(digits):
-    """A trained digits MLP (~96 % test accuracy in a second) with one activation channel made an outlier."""
+def _outlier_mlp(data) -> nn.Sequential:
+    """A trained MLP (seconds, full batch) with one activation channel of its second layer made an outlier."""
     torch.manual_seed(0)
-    model = _mlp()
+    model = _mlp(int(np.prod(data.input_shape)))
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    x, y = torch.from_numpy(digits.train.x), torch.from_numpy(digits.train.y).long()
-    for _ in range(150):  # full batch: 1,257 samples, deterministic
+    x, y = torch.from_numpy(data.train.x), torch.from_numpy(data.train.y).long()
+    for _ in range(150):  # full batch (1,257 digits or 1,400 MNIST-1D samples): deterministic
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
@@ -62,8 +62,22 @@ def outlier_model(digits):
 
 
 @pytest.fixture(scope="module")
+def outlier_model(digits):
+    return _outlier_mlp(digits)
+
+
+@pytest.fixture(scope="module")
 def outlier_onnx(outlier_model, tmp_path_factory):
     return export_onnx(outlier_model, (torch.zeros(1, 1, 8, 8),), tmp_path_factory.mktemp("aa") / "fp32.onnx")
+
+
+@pytest.fixture(scope="module", params=["digits", "mnist1d"])
+def outlier_case(request, tmp_path_factory):
+    """(dataset, fp32 ONNX of its outlier MLP) for both bundled datasets."""
+    data = load(request.param, seed=0, **({"samples": 2000} if request.param == "mnist1d" else {}))
+    model = _outlier_mlp(data)
+    path = tmp_path_factory.mktemp(request.param) / "fp32.onnx"
+    return data, export_onnx(model, (torch.zeros(1, *data.input_shape),), path)
 
 
 def _run(path, x):
@@ -124,7 +138,8 @@ def test_defaults_per_target_and_runtime_limits():
 
 # --- accuracy-aware ------------------------------------------------------------------------------
 
-def test_accuracy_aware_meets_a_bound_plain_int8_misses(outlier_onnx, digits, tmp_path):
+def test_accuracy_aware_meets_a_bound_plain_int8_misses(outlier_case, tmp_path):
+    digits, outlier_onnx = outlier_case  # digits or MNIST-1D
     result = accuracy_aware_int8(outlier_onnx, tmp_path / "q.onnx", digits.calib.x, digits.val.x, digits.val.y,
                                  max_loss=0.5, calibration="minmax")
     assert result.int8_metric > 0.5, "the constructed case must miss the bound in plain int8"
