@@ -40,10 +40,14 @@ def _logits(path: Path, x: np.ndarray) -> np.ndarray:
     return np.concatenate([session.run(None, {"input": x[i:i + 50]})[0] for i in range(0, len(x), 50)])
 
 
-def _agreement(ref: np.ndarray, out: np.ndarray) -> tuple[float, float]:
+def _agreement(ref: np.ndarray, out: np.ndarray) -> tuple[float, float, float]:
+    """Top-1 agreement, fp32 top-1 within int8 top-5, and top-1 agreement on the inputs fp32 is sure of."""
     top1 = ref.argmax(1)
     top5 = np.argsort(-out, 1)[:, :5]
-    return float((out.argmax(1) == top1).mean()), float((top5 == top1[:, None]).any(1).mean())
+    p = np.exp(ref - ref.max(1, keepdims=True))
+    sure = (p.max(1) / p.sum(1)) >= 0.5  # random crops of two photos are often ambiguous (median p ~ 0.2)
+    same = out.argmax(1) == top1
+    return float(same.mean()), float((top5 == top1[:, None]).any(1).mean()), float(same[sure].mean())
 
 
 def _compare(model: torch.nn.Module, example: torch.Tensor, calib: np.ndarray, val: np.ndarray, test: np.ndarray,
@@ -74,17 +78,19 @@ def _compare(model: torch.nn.Module, example: torch.Tensor, calib: np.ndarray, v
         files["percentile+fallback(min_agreement 0.99)"] = result.path
         print(f"\n{name} accuracy-aware: {result.to_dict()}")
     x_one = test[:1]
-    rows = {"fp32": {"top1": 1.0, "top5": 1.0, "bytes": fp32.stat().st_size,
+    rows = {"fp32": {"top1": 1.0, "top5": 1.0, "top1_sure": 1.0, "bytes": fp32.stat().st_size,
                      "latency_ms": latency_ms(fp32, x_one).median_ms, "seconds": 0.0}}
     for label, path in files.items():
-        top1, top5 = _agreement(ref, _logits(path, test))
-        rows[label] = {"top1": top1, "top5": top5, "bytes": path.stat().st_size,
+        top1, top5, sure = _agreement(ref, _logits(path, test))
+        rows[label] = {"top1": top1, "top5": top5, "top1_sure": sure, "bytes": path.stat().st_size,
                        "latency_ms": latency_ms(path, x_one).median_ms, "seconds": seconds.get(label, 0.0)}
     print(f"\n{name}: agreement with fp32 on {len(test)} held-out inputs")
-    print(f"{'recipe':42s} {'top-1':>7s} {'top-5':>7s} {'MB':>7s} {'ms':>7s} {'quant s':>8s}")
+    p = np.exp(ref - ref.max(1, keepdims=True))
+    print(f"(fp32 gives p >= 0.5 to its top-1 on {np.mean(p.max(1) / p.sum(1) >= 0.5):.0%} of them: 'top-1 sure')")
+    print(f"{'recipe':42s} {'top-1':>7s} {'top-5':>7s} {'top-1 sure':>10s} {'MB':>7s} {'ms':>7s} {'quant s':>8s}")
     for label, r in rows.items():
-        print(f"{label:42s} {r['top1']:7.1%} {r['top5']:7.1%} {r['bytes'] / 1e6:7.2f} {r['latency_ms']:7.2f} "
-              f"{r['seconds']:8.1f}")
+        print(f"{label:42s} {r['top1']:7.1%} {r['top5']:7.1%} {r['top1_sure']:10.1%} {r['bytes'] / 1e6:7.2f} "
+              f"{r['latency_ms']:7.2f} {r['seconds']:8.1f}")
     return rows
 
 
@@ -95,8 +101,10 @@ def test_ptq_keeps_pretrained_answers(tmp_path):
     torch.set_num_threads(2)
     model = efficientnet_lite0()
     calib, val, test = natural_images(128, seed=1), natural_images(100, seed=3), natural_images(300, seed=2)
+    # search=False: the accuracy-aware search re-quantizes and re-measures per layer (50 layers here), which
+    # takes ~20 min on two shared cores; tests/quant/test_ptq_methods.py exercises it on digits / MNIST-1D
     rows = _compare(model, torch.from_numpy(test[:1]), calib, val, test, tmp_path, name="efficientnet-lite0",
-                    search=True)
+                    search=False)
     int8 = {k: v for k, v in rows.items() if k != "fp32" and "fallback" not in k}
     best = max(int8, key=lambda k: (int8[k]["top1"], int8[k]["top5"]))
     print(f"best all-int8 label-free recipe: {best}; MinMax default: top-1 {rows['minmax']['top1']:.1%}")
