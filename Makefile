@@ -13,6 +13,9 @@ $(BIN)/edgetier: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
 	$(BIN)/python -m pip install --quiet -e ".[dev,text]" "torch==2.13.0"
+	# onnx2torch (LiteRT split segments, export/onnx_torch.py) without its torchvision requirement:
+	# torchvision's wheels do not load against this CPU torch; `pip check` names that one missing package
+	$(BIN)/python -m pip install --quiet --no-deps "onnx2torch==1.5.15"
 	touch $@
 
 setup: $(BIN)/edgetier

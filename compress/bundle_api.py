@@ -164,6 +164,19 @@ def _export_fp32(module: nn.Module, adapter: ModelAdapter, example: tuple[torch.
     return path, parity
 
 
+def _attention_shape(module: nn.Module) -> dict[str, int]:
+    """Head count and q/k/v width for onnxruntime's Attention fusion, from a Hugging Face config. A
+    head-pruned model's heads no longer span the hidden width: the width given is heads × head size
+    (onnxruntime then fuses with q/k/v narrower than the input; measured on a pruned BERT: max |diff|
+    4.8e-7 to the unfused graph — and the bundle's parity check runs on the result either way)."""
+    config = getattr(getattr(module, "model", module), "config", None)
+    heads, hidden = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
+    if not isinstance(heads, int) or not isinstance(hidden, int) or heads < 1:
+        return {}
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    return {"num_heads": heads, "hidden_size": heads * head_dim}
+
+
 def _int8(module: nn.Module, adapter: ModelAdapter, fp32: Path, tmp: Path, fmt: str, calib: Any,
           example: tuple[torch.Tensor, ...], exclude: Sequence[str]) -> tuple[Path, str]:
     if fmt == "tflite":
@@ -172,7 +185,7 @@ def _int8(module: nn.Module, adapter: ModelAdapter, fp32: Path, tmp: Path, fmt: 
         x = _calib(calib, adapter)
         return export_tflite(module, example, tmp / "model.tflite", calib=next(iter(x.values()))), "LiteRT PT2E static"
     if int8_method(fp32) == "dynamic":
-        fused = fuse_transformer(fp32, tmp / "model.fused.onnx")
+        fused = fuse_transformer(fp32, tmp / "model.fused.onnx", **_attention_shape(module))
         method = "onnxruntime dynamic" + (" (after onnxruntime transformer fusion)" if fused else "")
         return quantize_int8_dynamic(tmp / "model.fused.onnx", tmp / "model.onnx", per_channel=True,
                                      exclude=exclude), method

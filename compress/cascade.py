@@ -90,8 +90,12 @@ def _costs(bundle: Bundle, report: dict[str, Any], input_bytes: int) -> tuple[np
 
 
 def simulate(run_dir: str | Path, *, tiers: list[str] | None = None, target_accuracy: float | None = None,
-             criterion: str = "confidence") -> dict[str, Any]:
-    """Calibrate hand-offs on val, simulate on test; writes `cascade.json` and `cascade.md` in `run_dir`."""
+             criterion: str = "confidence", serve: str | None = None, timeout_s: float = 5.0) -> dict[str, Any]:
+    """Calibrate hand-offs on val, simulate on test; writes `cascade.json` and `cascade.md` in `run_dir`.
+
+    With `serve` (the URL of `edgetier serve` on the last bundle), the test split also runs live
+    with that tier remote and the links emulated (compress.cascade_live): `result["live"]`.
+    """
     root = Path(run_dir)
     names = _choose_tiers(root, tiers)
     info = _run_info(root)
@@ -142,6 +146,13 @@ def simulate(run_dir: str | Path, *, tiers: list[str] | None = None, target_accu
         "input_bytes": input_bytes,
         "notes": ["latency is estimated from the targets' compute and link figures (roofline), not measured"],
     }
+    if serve is not None:
+        from compress.cascade_live import run_live
+
+        result["live"] = run_live(names, bundles, [*handoffs, None], data.test.x, data.test.y, logits, serve,
+                                  timeout_s=timeout_s)
+        result["notes"].append(f"live: the last tier served at {serve}, links emulated on the client, "
+                               "latency measured per sample")
     spec = {"tiers": [{"bundle": n, "handoff": h} for n, h in zip(names, [*handoffs, None], strict=True)]}
     for name, text in (("cascade.json", json.dumps({**spec, "simulation": result}, indent=2, sort_keys=True)),
                        ("cascade.md", render_cascade(result))):
@@ -160,5 +171,11 @@ def render_cascade(result: dict[str, Any]) -> str:
               f"{r['bytes_sent_per_sample']:.0f} |" for name, r in rows]
     shares = ", ".join(f"{n}: {100 * s:.1f} %" for n, s in zip(result["tiers"], result["cascade"]["share_per_tier"],
                                                                 strict=True))
-    lines += ["", f"Answered per tier: {shares}.", "", *[f"- {n}" for n in result["notes"]]]
+    lines += ["", f"Answered per tier: {shares}."]
+    if "live" in result:
+        live = result["live"]
+        lines += ["", f"Live ({live['url']}): accuracy {100 * live['accuracy']:.2f} %, mean {live['mean_latency_ms']:.3f} ms, "
+                      f"p95 {live['p95_latency_ms']:.3f} ms measured per sample; "
+                      f"{100 * live['same_prediction_as_local']:.2f} % same predictions as the local cascade."]
+    lines += ["", *[f"- {n}" for n in result["notes"]]]
     return "\n".join(lines) + "\n"

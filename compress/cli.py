@@ -221,11 +221,15 @@ def profile(bundle: Annotated[Path, typer.Argument(help="bundle folder")],
 def cascade(run_dir: Annotated[Path, typer.Argument(help="run folder written by `edgetier run`")],
             tiers: Annotated[str | None, typer.Option(help="bundles in order, e.g. end,edge,cloud")] = None,
             target_accuracy: Annotated[float | None, typer.Option(
-                help="accuracy each tier's answers must reach on val (default: the last tier's)")] = None) -> None:
-    """Calibrate and simulate end → edge → cloud inference on the test split."""
+                help="accuracy each tier's answers must reach on val (default: the last tier's)")] = None,
+            serve: Annotated[str | None, typer.Option(
+                help="URL of `edgetier serve` on the last bundle: also run live, links emulated")] = None,
+            timeout: Annotated[float, typer.Option(help="seconds to wait for the server")] = 5.0) -> None:
+    """Calibrate and simulate end → edge → cloud inference on the test split (and run it live with --serve)."""
     from compress.cascade import render_cascade, simulate
 
-    result = simulate(run_dir, tiers=tiers.split(",") if tiers else None, target_accuracy=target_accuracy)
+    result = simulate(run_dir, tiers=tiers.split(",") if tiers else None, target_accuracy=target_accuracy,
+                      serve=serve, timeout_s=timeout)
     out.print(render_cascade(result), markup=False, highlight=False)
     out.print(f"written: {run_dir / 'cascade.json'}, {run_dir / 'cascade.md'}")
 
@@ -254,7 +258,10 @@ def partition(path: Annotated[Path, typer.Argument(help="run folder or bundle (i
                                       profile=load_profile(profile) if profile else None)
     out.print(plan.render(), markup=False, highlight=False)
     for b in bundles:
-        out.print(f"split bundle: {b}")
+        manifest = json.loads((b / "manifest.json").read_text(encoding="utf-8"))
+        note = manifest["partition"].get("format_note")
+        out.print(f"split bundle: {b} ({manifest['model']['file']})" + (f"; note: {note}" if note else ""),
+                  markup=False, highlight=False)
 
 
 @app.command()
@@ -263,10 +270,14 @@ def serve(bundle: Annotated[Path, typer.Argument(help="bundle or split bundle to
           host: Annotated[str, typer.Option(help="listen address (0.0.0.0 only on a trusted network)")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="HTTP port")] = 8000,
           address: Annotated[str | None, typer.Option(help="existing Ray cluster, e.g. auto")] = None,
-          replicas: Annotated[int, typer.Option(help="Serve replicas")] = 1) -> None:
+          replicas: Annotated[int, typer.Option(help="Serve replicas")] = 1,
+          next_url: Annotated[str | None, typer.Option(
+              "--next", help="a middle segment's next tier (its `edgetier serve` URL)")] = None,
+          timeout: Annotated[float, typer.Option(help="seconds to wait for the next tier")] = 5.0) -> None:
     """Serve a bundle's model or a split segment over HTTP with Ray Serve, until Ctrl-C."""
     import time
 
+    from export.client import endpoint
     from export.errors import BundleError
     from export.manifest import verify_bundle
     from export.serve import start, stop
@@ -275,7 +286,8 @@ def serve(bundle: Annotated[Path, typer.Argument(help="bundle or split bundle to
     if tier is not None and manifest.get("target", {}).get("tier") != tier:
         raise BundleError(f"this bundle is for tier {manifest.get('target', {}).get('tier')!r}, not {tier!r}",
                           where=str(bundle), fix="serve the bundle of that tier")
-    url = start(bundle, host=host, port=port, address=address, replicas=replicas)
+    url = start(bundle, host=host, port=port, address=address, replicas=replicas,
+                next_url=endpoint(next_url, "/segment") if next_url else None, timeout_s=timeout)
     out.print(f"serving {bundle} at {url} (POST /segment or /predict, GET /health); Ctrl-C stops")
     try:
         while True:

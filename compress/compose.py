@@ -23,8 +23,6 @@ before anything trains, with one paragraph naming both stages and why:
 - `early_exit` twice: one stage lists every exit;
 - `structured_prune` after a quantizer or a weight-sharing stage: the dependency graph torch-pruning
   traces holds quantized / shared layers it cannot shrink consistently; prune first;
-- `structured_prune`, `snip`, `lottery_ticket` after `early_exit`: they deep-copy the model, which
-  an early-exit model does not survive (measured: all three fail);
 - a pruning stage after `cluster` / `hash_share`: the shared layers hold no plain weights to prune
   (measured: cluster then unstructured_prune finds nothing); `ptq_int8` after them misses parity;
 - `early_exit` after a masked pruning stage: the masks are kept by layer name and the exits'
@@ -80,9 +78,6 @@ _RULES: list[tuple[Sequence[str], Sequence[str], str, str]] = [
      "use {earlier} or ptq_int8 in a variant, not both"),
     (MASKED, ("early_exit",), "{earlier}'s masks are kept by layer name, and early_exit wraps the model so the "
      "names change (measured: the masks no longer find 'stem.conv')", "add the exits first, then prune"),
-    (("early_exit",), ("structured_prune", "snip", "lottery_ticket"), "{later} copies the model, and an early-exit "
-     "model cannot be deep-copied after training (it keeps non-leaf tensors; measured failing for all three)",
-     "prune before adding the exits (a defect of compress.exits to fix)"),
     ((*QUANTIZERS, *SHARING), ("structured_prune",), "structured pruning shrinks the plain "
      "Conv/Linear channels torch-pruning traces, and after {earlier} the model holds layers or branches it cannot "
      "shrink consistently", "prune before {earlier}"),

@@ -38,7 +38,9 @@ def cloud_hf(recipe: Recipe, data: Dataset, plans: list[Any], *, check: Callable
     spec = recipe.model
     folder = hf_folder(hf_source(recipe))
     output = OutputSpec(select=spec.output) if spec.output else None
-    model = load_hf(folder, task=spec.task, output=output)  # type: ignore[arg-type]
+    # image models: the adapter's example has the data's shape (a ResNet config has no image_size)
+    image_shape = tuple(data.input_shape) if spec.task == "image_classification" else None
+    model = load_hf(folder, task=spec.task, output=output, image_shape=image_shape)  # type: ignore[arg-type]
     if plans:
         check(model, plans)
     digest = hashlib.sha256()

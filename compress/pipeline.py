@@ -298,9 +298,11 @@ def _run_variant(plan: Plan, cloud: nn.Module, cloud_fingerprint: str, data: Dat
         export_plan = result.export or export_plan
         val_accuracy = None
         if stage.train is not None and stage.train.epochs > 0:
-            history = fit(model, data.train, stage.train, hooks=hooks, val=data.val, seed=ctx.seed, progress=progress,
-                          description=f"{plan.variant}: {stage.name}")
-            val_accuracy = history.val_accuracy[-1]
+            labelled = data.num_classes > 0  # a text dataset for embeddings has none: the stages' losses alone
+            history = fit(model, data.train, stage.train, hooks=hooks, val=data.val if labelled else None,
+                          seed=ctx.seed, progress=progress, description=f"{plan.variant}: {stage.name}",
+                          supervised=labelled)
+            val_accuracy = history.val_accuracy[-1] if history.val_accuracy else None
         summary = {k: v for k, v in result.report.items() if k != "layers"}
         reports.append(StageReport(stage.name, stage.kind, summary, result.report.get("layers", {}), val_accuracy))
         states.append(result.state)

@@ -11,15 +11,19 @@ be compared with a plan made for Wi-Fi.
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from export.errors import ExportError
-from export.wire import WireError, decode
+from export.wire import WireError, decode, encode
 
-__all__ = ["LinkEmulator", "SegmentClient"]
+__all__ = ["LinkEmulator", "RemoteBundle", "SegmentClient", "endpoint", "health"]
 
 CONTENT_TYPE = "application/x-edgetier-etw1"
 PLAN_HEADER = "X-Edgetier-Plan"
@@ -76,3 +80,63 @@ class SegmentClient:
         if self.link:
             time.sleep(self.link.delay_s(len(body)))
         return body
+
+
+def endpoint(url: str, path: str) -> str:
+    """`path` on the server at `url`, whether `url` is the base or already names an endpoint.
+
+    >>> endpoint("http://127.0.0.1:8000/segment", "/health"), endpoint("http://h:1/", "/predict")
+    ('http://127.0.0.1:8000/health', 'http://h:1/predict')
+    """
+    base = url.rstrip("/")
+    for known in ("/segment", "/predict", "/health"):
+        if base.endswith(known):
+            base = base[: -len(known)]
+    return base + path
+
+
+def health(url: str, *, timeout_s: float = 5.0) -> dict[str, Any]:
+    """The serving tier's `/health` answer (kind, variant, plan id); one clear error when it is down or not one."""
+    target = endpoint(url, "/health")
+    try:
+        with urllib.request.urlopen(target, timeout=timeout_s) as response:  # noqa: S310 - the user's serving URL
+            body = response.read(65536)
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+        reason = getattr(err, "reason", err)
+        raise ExportError(f"the serving tier is not reachable or did not answer within {timeout_s:g} s ({reason})",
+                          where=target, fix="start it with `edgetier serve BUNDLE`, or check the URL and the network"
+                          ) from None
+    try:
+        info = json.loads(body)
+    except ValueError:
+        info = None
+    if not isinstance(info, dict) or info.get("kind") not in ("model", "segment"):
+        raise WireError(f"the server's /health answer is not an edgetier serving tier's ({body[:60]!r})", where=target,
+                        fix="point --serve at an `edgetier serve` endpoint")
+    return info
+
+
+@dataclass(frozen=True)
+class RemoteBundle:
+    """A whole-model bundle served at `/predict`, behind the two things a cascade tier uses: `predict` and `exits`.
+
+    The server runs the bundle's own exits; to the device it is one answer per row.
+    """
+
+    client: SegmentClient
+    exits: tuple[dict[str, Any], ...] = ()
+
+    def predict(self, x: np.ndarray, *, return_exits: bool = False,
+                batch_size: int = 256) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        parts = []
+        for i in range(0, len(x), batch_size):
+            rows = np.asarray(x[i:i + batch_size], np.float32)
+            answer = decode(self.client(encode({"0": rows})))
+            logits = answer.get("0")
+            if logits is None or logits.ndim != 2 or len(logits) != len(rows):
+                raise WireError(f"the serving tier answered {len(rows)} rows with tensors "
+                                f"{ {k: list(v.shape) for k, v in answer.items()} }", where=self.client.url,
+                                fix="point --serve at the `edgetier serve` of this run's last bundle")
+            parts.append(logits.astype(np.float32))
+        out = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+        return (out, np.zeros(len(out), np.int64)) if return_exits else out

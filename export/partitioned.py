@@ -19,6 +19,7 @@ import numpy as np
 
 from export.errors import BundleError
 from export.manifest import verify_bundle
+from export.policy import exits as passes
 from export.wire import Crossing, WireError, decode, encode
 
 __all__ = ["Segment", "SplitModel", "load_segment", "load_split"]
@@ -33,20 +34,26 @@ class Segment:
     path: Path
     manifest: dict[str, Any]
     session: Any = field(repr=False)
+    exit_session: Any = field(default=None, repr=False)  # the end segment's early exit (Edgent), if any
 
     @property
     def partition(self) -> dict[str, Any]:
         return self.manifest["partition"]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run on named inputs; outputs keyed by the name the next segment reads them under."""
-        names = [o.name for o in self.session.get_outputs()]
-        try:
-            values = self.session.run(names, {i.name: feeds[i.name] for i in self.session.get_inputs()})
-        except KeyError as err:
-            raise BundleError(f"segment {self.partition['index']} needs tensor {err} which was not received",
-                              where=str(self.path), fix="pair this bundle with the one it was cut with") from None
-        return {(n[: -len(RELAY)] if n.endswith(RELAY) else n): np.asarray(v) for n, v in zip(names, values, strict=True)}
+        """Run on named inputs; outputs keyed by the name the next segment reads them under.
+
+        Names come from the manifest (a .tflite graph names its tensors by position), in the
+        segment graph's order, which both runtimes keep.
+        """
+        ins = [i["name"] for i in self.partition["inputs"]]
+        outs = [o["name"] for o in self.partition["outputs"]]
+        missing = [n for n in ins if n not in feeds]
+        if missing:
+            raise BundleError(f"segment {self.partition['index']} needs tensor(s) {missing} which were not received",
+                              where=str(self.path), fix="pair this bundle with the one it was cut with")
+        values = self.session.run(outs, {n: feeds[n] for n in ins})
+        return {(n[: -len(RELAY)] if n.endswith(RELAY) else n): np.asarray(v) for n, v in zip(outs, values, strict=True)}
 
     def pack(self, outputs: dict[str, np.ndarray]) -> bytes:
         """Encode this segment's outputs for the wire: tensors by position in `sends` (names stay in the
@@ -67,6 +74,18 @@ class Segment:
                             fix="pair this bundle with the one it was cut with")
         return {c["name"]: received[str(i)] for i, c in enumerate(expected)}
 
+    def early_exit(self, outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+        """(exit logits, answered mask) for the rows of `outputs`, or None without an exit.
+
+        The exit head reads one of the tensors this segment sends; a row whose exit score passes
+        the calibrated threshold is answered here and never leaves the device.
+        """
+        if self.exit_session is None:
+            return None
+        spec = self.partition["exit"]
+        (logits,) = self.exit_session.run(None, {self.exit_session.get_inputs()[0].name: outputs[spec["reads"]]})
+        return np.asarray(logits, np.float32), passes(logits, spec["criterion"], float(spec["threshold"]))
+
     def handle(self, payload: bytes) -> bytes:
         """Server side: decode what the tier below sent, run, encode what goes on (or the final logits)."""
         return self.pack(self.run(self.unpack(payload)))
@@ -81,7 +100,7 @@ def load_segment(bundle_dir: str | os.PathLike[str], *, threads: int = 1) -> Seg
 
     A bundle without a `partition` section is not a split bundle; refuse it rather than guess.
     """
-    from export.runtime import make_session
+    from export.runtime import open_model
 
     root = Path(bundle_dir)
     manifest = verify_bundle(root)
@@ -90,10 +109,19 @@ def load_segment(bundle_dir: str | os.PathLike[str], *, threads: int = 1) -> Seg
     if not isinstance(part, dict) or any(k not in part for k in keys):
         raise BundleError("this bundle is not a split bundle (no complete 'partition' section in its manifest)",
                           where=str(root / "manifest.json"), fix="write split bundles with `edgetier partition --out`")
-    if manifest["files"].get("model.onnx", {}).get("sha256") != part["segment_sha256"][part["index"]]:
+    file = manifest.get("model", {}).get("file", "model.onnx")
+    if manifest["files"].get(file, {}).get("sha256") != part["segment_sha256"][part["index"]]:
         raise BundleError("the segment file's sha256 is not the one its own partition section records",
                           where=str(root / "manifest.json"), fix="re-write the split bundles")
-    return Segment(root, manifest, make_session(root / "model.onnx", threads=threads))
+    exit_session = None
+    if "exit" in part:
+        spec = part["exit"]
+        if part["index"] != 0 or not isinstance(spec, dict) or spec.get("file") not in manifest["files"] \
+                or spec.get("reads") not in [c["name"] for c in part["sends"]]:
+            raise BundleError("the partition's exit is not an exit head on the end segment reading a tensor it sends",
+                              where=str(root / "manifest.json"), fix="re-write the split bundles with the exit")
+        exit_session = open_model(root / spec["file"], threads=threads)
+    return Segment(root, manifest, open_model(root / file, threads=threads), exit_session)
 
 
 def load_split(bundle_dirs: Sequence[str | os.PathLike[str]], *, threads: int = 1) -> SplitModel:
@@ -133,25 +161,47 @@ class SplitModel:
         return self.segments[0].partition["plan_id"]
 
     def first_step(self, x: np.ndarray) -> bytes:
-        """Run the end segment and encode the crossing tensors (what the device sends)."""
+        """Run the end segment and encode the crossing tensors (what the device sends, exit or not)."""
         head = self.segments[0]
         return head.pack(head.run({head.manifest["input"]["name"]: np.asarray(x, np.float32)}))
 
-    def predict(self, x: np.ndarray, *, remote: Callable[[bytes], bytes] | None = None,
-                batch_size: int = 256) -> np.ndarray:
-        """Logits for `x`: the first segment here, the rest locally or through `remote(payload) -> payload`."""
+    def predict(self, x: np.ndarray, *, remote: Callable[[bytes], bytes] | None = None, batch_size: int = 256,
+                return_exited: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Logits for `x`: the first segment here, the rest locally or through `remote(payload) -> payload`.
+
+        With an exit on the end segment (Edgent), rows the exit answers take its logits and are
+        left out of the message: a batch the exit answers entirely sends nothing.
+        `return_exited=True` also returns which rows the exit answered.
+        """
         if remote is None and len(self.segments) < self.segments[0].partition["segments"]:
             raise BundleError(f"only {len(self.segments)} of {self.segments[0].partition['segments']} segments are "
                               "here and no serving tier was given", where=str(self.segments[0].path),
                               fix="load every split bundle, or pass a remote (--serve URL)")
-        parts = []
+        head = self.segments[0]
+        parts, exited = [], []
         for i in range(0, len(x), batch_size):
-            payload = self.first_step(x[i:i + batch_size])
-            if remote is not None:
-                answer = decode(remote(payload))
-            else:
-                for seg in self.segments[1:]:
-                    payload = seg.handle(payload)
-                answer = decode(payload)
-            parts.append(_first(answer).astype(np.float32))
-        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+            batch = np.asarray(x[i:i + batch_size], np.float32)
+            outputs = head.run({head.manifest["input"]["name"]: batch})
+            early = head.early_exit(outputs)
+            rows = len(batch)
+            answered = early[1] if early is not None else np.zeros(rows, bool)
+            logits = early[0].copy() if early is not None else None
+            rest = ~answered
+            if rest.any():
+                # a crossing tensor without the batch axis (a shape, a constant) is the same for every row
+                payload = head.pack(outputs if rest.all() else
+                                    {k: v[rest] if v.ndim and len(v) == rows else v for k, v in outputs.items()})
+                if remote is not None:
+                    answer = decode(remote(payload))
+                else:
+                    for seg in self.segments[1:]:
+                        payload = seg.handle(payload)
+                    answer = decode(payload)
+                final = _first(answer).astype(np.float32)
+                if logits is None:
+                    logits = np.zeros((rows, final.shape[1]), np.float32)
+                logits[rest] = final
+            parts.append(logits)
+            exited.append(answered)
+        out = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+        return (out, np.concatenate(exited) if exited else np.zeros(0, bool)) if return_exited else out

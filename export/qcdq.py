@@ -47,6 +47,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.errors import ExportError
 from export.onnx import eval_mode
+from export.qcdq_fold import fold_batchnorm
 
 __all__ = ["Packed", "QCDQExport", "export_qcdq", "pack_weights", "storage_type"]
 
@@ -136,6 +137,7 @@ def export_qcdq(
             raise ExportError(f"brevitas could not export the model as QCDQ ({first})",
                               where=str(path), fix="quantize weights to 2-8 bits per tensor or per channel") from err
         proto, weights = pack_weights(onnx.load(os.fspath(raw)))
+    fold_batchnorm(proto)  # BN after a per-channel quantized conv: into its scales and a bias (exact)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, os.fspath(path))
     float_weights = _float_weights(proto)

@@ -59,9 +59,14 @@ def matmul_nodes(path: str | os.PathLike[str]) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in _DENSE and any(i in weights for i in n.input)]
 
 
-def fuse_transformer(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> list[str]:
+def fuse_transformer(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, num_heads: int = 0,
+                     hidden_size: int = 0) -> list[str]:
     """onnxruntime's transformer fusions (Attention, EmbedLayerNormalization, SkipLayerNormalization,
     BiasGelu) written to `dst`; returns the fused kinds (empty: nothing matched, `dst` = `src`).
+
+    `num_heads` / `hidden_size` (0: read them off the graph) must be given for graphs exported with
+    dynamic sequence length: their Reshape targets are computed at run time, so onnxruntime cannot
+    detect the head count and skips Attention fusion ("Failed to detect num_heads and hidden_size").
 
     Fused Attention quantizes to QAttention under `quantize_dynamic`, which is where int8 pays at
     short sequence lengths. The fused ops are onnxruntime contrib ops (com.microsoft): the file
@@ -70,7 +75,8 @@ def fuse_transformer(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -
     from onnxruntime.transformers.optimizer import optimize_model
 
     try:
-        optimized = optimize_model(os.fspath(src), model_type="bert", num_heads=0, hidden_size=0, opt_level=1)
+        optimized = optimize_model(os.fspath(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
+                                   opt_level=1)
     except Exception:  # noqa: BLE001 - a graph the fusion cannot read stays as exported
         shutil.copyfile(src, dst)
         return []

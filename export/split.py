@@ -5,10 +5,10 @@ the tensors that cross link k (the last segment writes the model's outputs). A t
 pass through a tier untouched (made on the end, read only in the cloud, relayed by the edge) is
 copied through by an Identity node.
 
-Split bundles: one bundle per tier, each a normal bundle (hashed files, atomic write) whose
+Split bundles: one bundle per tier, each a normal bundle (hashed files), the set written atomically, whose
 manifest has a `partition` section linking it to its neighbours: the plan's id, its index, the
 cut tensors with shapes, dtypes and crossing quantization, and the sha256 of every segment file
-of the pair — so `export.partitioned.load_pair` refuses two bundles that were not cut together.
+of the pair — so `export.partitioned.load_split` refuses two bundles that were not cut together.
 Torch-free, compress-free.
 """
 
@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
+import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,8 +28,11 @@ import numpy as np
 import onnx
 from onnx import helper, utils
 
-from export.bundle import write_bundle
+from export.bundle import _swap_in, write_bundle
 from export.errors import ExportError
+from export.manifest import MANIFEST
+from export.policy import CRITERIA
+from export.split_format import ShippedSegment, ship_segment
 from export.wire import Crossing, calibrate
 
 __all__ = ["split_onnx", "write_split_bundles"]
@@ -111,12 +116,22 @@ def write_split_bundles(model_path: str | os.PathLike[str], cuts: Sequence[Seque
                         out_dir: str | os.PathLike[str], *, tiers: Sequence[Mapping[str, Any]],
                         crossing_dtype: str = "fp32", calib: np.ndarray | None = None,
                         input_spec: Mapping[str, Any], output_spec: Mapping[str, Any],
-                        labels: Sequence[Any] = (), plan: Mapping[str, Any] | None = None) -> list[Path]:
+                        labels: Sequence[Any] = (), plan: Mapping[str, Any] | None = None,
+                        early_exit: Mapping[str, Any] | None = None) -> list[Path]:
     """Cut `model_path`, calibrate the crossing tensors on `calib` (int8), write `out_dir/<tier>/` bundles.
 
-    `tiers`: per segment, the manifest's `target` entry (name, tier, runtime, ...). Nothing is
-    left behind on failure: segments are cut in a temporary folder and each bundle is written
-    atomically; bundles are written only once every segment has been cut and calibrated.
+    `tiers`: per segment, the manifest's `target` entry (name, tier, runtime, export_format,
+    tolerance); a segment whose target's `export_format` is `tflite` ships as .tflite when it
+    converts and matches (export.split_format), else as .onnx with a `format_note` saying why.
+
+    The pair is written atomically as a whole: every bundle goes into one hidden staging folder
+    next to `out_dir`, which replaces `out_dir` by a rename only once all of them are complete. A
+    failure at any point leaves `out_dir` as it was (absent, or the previous pair) and no staging
+    folder behind.
+
+    `early_exit` (Edgent): `{"model": ONNX file of an exit head, "reads": a tensor of the first cut,
+    "criterion": confidence | entropy | normalized_entropy, "threshold": float}`; the end bundle
+    carries it as `exit.onnx`, and rows it answers are never sent (export.partitioned).
     """
     if len(tiers) != len(cuts) + 1:
         raise ExportError(f"{len(cuts) + 1} segments need {len(cuts) + 1} tiers, got {len(tiers)}",
@@ -125,58 +140,126 @@ def write_split_bundles(model_path: str | os.PathLike[str], cuts: Sequence[Seque
         raise ExportError(f"unknown crossing dtype {crossing_dtype!r}", fix="use fp32, fp16 or int8")
     if crossing_dtype == "int8" and calib is None:
         raise ExportError("an int8 crossing tensor needs calibration samples", fix="pass calib= (the calib split)")
+    _check_exit(early_exit, cuts)
     out = Path(out_dir)
+    _check_split_folder(out)
     with tempfile.TemporaryDirectory() as tmp:
         paths = split_onnx(model_path, cuts, tmp)
-        crossings = _calibrate(paths, cuts, calib, crossing_dtype, input_spec)
-        shas = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+        samples = _samples(paths[0], calib, input_spec)
+        feeds = _segment_inputs(paths, samples)
+        crossings = [[calibrate(t, feeds[k + 1][t], crossing_dtype) for t in cut] if crossing_dtype == "int8"
+                     else [Crossing(t, crossing_dtype) for t in cut] for k, cut in enumerate(cuts)]
+        shipped = []
+        for k, (path, target) in enumerate(zip(paths, tiers, strict=True)):
+            only = next(iter(feeds[k].values())) if len(feeds[k]) == 1 else np.zeros(0, np.float32)
+            shipped.append(ship_segment(path, target, only, Path(tmp)))
+        shas = [hashlib.sha256(s.path.read_bytes()).hexdigest() for s in shipped]
         plan_id = hashlib.sha256(json.dumps([shas, [[c.to_dict() for c in cs] for cs in crossings]],
                                             sort_keys=True).encode()).hexdigest()[:16]
-        written = []
-        for k, (path, target) in enumerate(zip(paths, tiers, strict=True)):
-            seg = onnx.load(os.fspath(path))
-            seg_inputs = [{"name": i.name, "shape": _dims(i), "dtype": "float32"} for i in seg.graph.input]
-            seg_outputs = [{"name": o.name, "shape": _dims(o)} for o in seg.graph.output]
-            manifest = {
-                "format_version": 1, "variant": f"split-{target.get('tier', k)}", "target": dict(target),
-                "input": dict(input_spec) if k == 0 else seg_inputs[0],
-                "output": dict(output_spec) if k == len(paths) - 1 else seg_outputs[0],
-                "labels": list(labels),
-                "model": {"file": "model.onnx", "format": "onnx", "precision": "fp32"},
-                "partition": {
-                    "plan_id": plan_id, "index": k, "segments": len(paths),
-                    "tiers": [t.get("tier") for t in tiers], "segment_sha256": shas,
-                    "inputs": seg_inputs, "outputs": seg_outputs,
-                    "receives": [c.to_dict() for c in crossings[k - 1]] if k else [],
-                    "sends": [c.to_dict() for c in crossings[k]] if k < len(crossings) else [],
-                    "crossing_dtype": crossing_dtype, "plan": dict(plan or {}),
-                },
-            }
-            report = {"partition": manifest["partition"]}
-            written.append((out / str(target.get("tier", k)), path, manifest, report))
-        for dst, path, manifest, report in written:
-            write_bundle(dst, files={"model.onnx": path}, manifest=manifest, report=report,
-                         report_md=f"# split segment {manifest['partition']['index']}\n")
-    return [w[0] for w in written]
+        stage = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
+        try:
+            for k, (path, target, ship) in enumerate(zip(paths, tiers, shipped, strict=True)):
+                manifest = _manifest(k, path, target, ship, tiers=tiers, plan_id=plan_id, shas=shas,
+                                     crossings=crossings, crossing_dtype=crossing_dtype, input_spec=input_spec,
+                                     output_spec=output_spec, labels=labels, plan=plan)
+                files: dict[str, Path] = {ship.model["file"]: ship.path}
+                if early_exit is not None and k == 0:
+                    files["exit.onnx"] = Path(early_exit["model"])
+                    manifest["partition"]["exit"] = {"file": "exit.onnx", "reads": early_exit["reads"],
+                                                     "criterion": early_exit["criterion"],
+                                                     "threshold": float(early_exit["threshold"])}
+                write_bundle(stage / str(target.get("tier", k)), files=files,
+                             manifest=manifest, report={"partition": manifest["partition"]},
+                             report_md=f"# split segment {k}\n")
+            _swap_in(stage, out)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    return [out / str(t.get("tier", k)) for k, t in enumerate(tiers)]
+
+
+def _manifest(k: int, path: Path, target: Mapping[str, Any], ship: ShippedSegment, *, tiers: Sequence[Mapping[str, Any]],
+              plan_id: str, shas: list[str], crossings: list[list[Crossing]], crossing_dtype: str,
+              input_spec: Mapping[str, Any], output_spec: Mapping[str, Any], labels: Sequence[Any],
+              plan: Mapping[str, Any] | None) -> dict[str, Any]:
+    seg = onnx.load(os.fspath(path))
+    seg_inputs = [{"name": i.name, "shape": _dims(i), "dtype": "float32"} for i in seg.graph.input]
+    seg_outputs = [{"name": o.name, "shape": _dims(o)} for o in seg.graph.output]
+    last = k == len(tiers) - 1
+    partition = {
+        "plan_id": plan_id, "index": k, "segments": len(tiers),
+        "tiers": [t.get("tier") for t in tiers], "segment_sha256": shas,
+        "inputs": seg_inputs, "outputs": seg_outputs,
+        "receives": [c.to_dict() for c in crossings[k - 1]] if k else [],
+        "sends": [c.to_dict() for c in crossings[k]] if not last else [],
+        "crossing_dtype": crossing_dtype, "plan": dict(plan or {}),
+    }
+    if ship.note:
+        partition["format_note"] = ship.note
+    return {
+        "format_version": 1, "variant": f"split-{target.get('tier', k)}", "target": dict(target),
+        "input": dict(input_spec) if k == 0 else seg_inputs[0],
+        "output": dict(output_spec) if last else seg_outputs[0],
+        "labels": list(labels), "model": dict(ship.model), "partition": partition,
+    }
+
+
+def _check_exit(early_exit: Mapping[str, Any] | None, cuts: Sequence[Sequence[str]]) -> None:
+    if early_exit is None:
+        return
+    missing = [k for k in ("model", "reads", "criterion", "threshold") if k not in early_exit]
+    if missing:
+        raise ExportError(f"the exit lacks {missing}", where="early_exit",
+                          fix="give model, reads, criterion and threshold")
+    if early_exit["reads"] not in cuts[0]:
+        raise ExportError(f"the exit reads {early_exit['reads']!r}, which the end segment does not send ({list(cuts[0])})",
+                          where="early_exit.reads", fix="attach the exit to a tensor of the first cut")
+    if early_exit["criterion"] not in CRITERIA:
+        raise ExportError(f"unknown exit criterion {early_exit['criterion']!r}", where="early_exit.criterion",
+                          fix=f"use one of {', '.join(CRITERIA)}")
+    if not Path(early_exit["model"]).is_file():
+        raise ExportError("the exit head's ONNX file does not exist", where=str(early_exit["model"]),
+                          fix="export the exit head first")
+
+
+def _check_split_folder(out: Path) -> None:
+    # The pair replaces `out` as a whole: only a folder of bundles (a previous pair) or an empty one may go.
+    if not out.exists():
+        return
+    if not out.is_dir() or any(not (p / MANIFEST).is_file() for p in out.iterdir()):
+        raise ExportError("the folder for the split bundles exists and holds something other than bundles; "
+                          "refusing to replace it", where=str(out), fix="choose another --out folder")
+
+
+def _samples(head: Path, calib: np.ndarray | None, input_spec: Mapping[str, Any]) -> np.ndarray:
+    """The calib split, or (fp32/fp16 crossing, no calib) 16 seeded standard-normal inputs for the format check."""
+    if calib is not None:
+        return np.asarray(calib, np.float32)
+    dims = list(input_spec.get("shape") or [])[1:]
+    if not dims or any(not isinstance(d, int) for d in dims):
+        dims = [d for d in _dims(onnx.load(os.fspath(head)).graph.input[0])[1:]]
+    if any(not isinstance(d, int) or d < 1 for d in dims):
+        raise ExportError(f"the model's input shape {dims} is not fixed, so no check inputs can be drawn",
+                          fix="pass calib= samples")
+    return np.random.default_rng(0).standard_normal((16, *dims)).astype(np.float32)
+
+
+def _segment_inputs(paths: list[Path], x: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """What each segment reads when the whole chain runs on `x` (ONNX segments, onnxruntime)."""
+    from export.runtime import make_session
+
+    feeds: dict[str, np.ndarray] = {}
+    out = []
+    for k, path in enumerate(paths):
+        session = make_session(path)
+        if k == 0:
+            feeds = {session.get_inputs()[0].name: x}
+        out.append({i.name: feeds[i.name] for i in session.get_inputs()})
+        names = [o.name for o in session.get_outputs()]
+        values = session.run(names, out[-1]) if names else []
+        feeds = {(n[: -len("__relay")] if n.endswith("__relay") else n): v for n, v in zip(names, values, strict=True)}
+    out.append(feeds)  # what the last segment writes: the logits
+    return out
 
 
 def _dims(vi: onnx.ValueInfoProto) -> list[int | None]:
     return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
-
-
-def _calibrate(paths: list[Path], cuts: Sequence[Sequence[str]], calib: np.ndarray | None, dtype: str,
-               input_spec: Mapping[str, Any]) -> list[list[Crossing]]:
-    if dtype != "int8" or calib is None:
-        return [[Crossing(t, dtype) for t in cut] for cut in cuts]
-    from export.runtime import make_session
-
-    feeds: dict[str, np.ndarray] = {input_spec["name"]: np.asarray(calib, np.float32)}
-    out = []
-    for k, cut in enumerate(cuts):
-        session = make_session(paths[k])
-        names = [o.name for o in session.get_outputs()]
-        values = dict(zip(names, session.run(names, {i.name: feeds[i.name] for i in session.get_inputs()}),
-                          strict=True))
-        feeds = {(n[: -len("__relay")] if n.endswith("__relay") else n): v for n, v in values.items()}
-        out.append([calibrate(t, feeds[t], dtype) for t in cut])
-    return out

@@ -35,11 +35,19 @@ def test_two_input_bert_exports_with_dynamic_batch_and_sequence(tmp_path):
 
 def test_int8_for_a_transformer_is_dynamic_and_smaller(tmp_path):
     model, batch = tiny_bert(hidden=64), token_batch(n=16, seq=9)
+    model.set_attn_implementation("eager")  # as load_hf loads: the attention graph onnxruntime's fusion knows
     compress.export(model, target="jetson_orin_nano", out_dir=tmp_path / "b", data=batch, quantize="int8")
     entry = json.loads((tmp_path / "b" / "report.json").read_text())["models"][0]
     assert entry["int8_method"].startswith("onnxruntime dynamic")
     assert entry["bytes"] < 0.5 * entry["fp32_bytes"]  # int8 weights: ~4x smaller linear layers, fp32 rest
     assert entry["parity"]["int8_mean_cosine"] >= 0.98
+    # onnxruntime's Attention fusion ran (its head count given from the config: the graph's dynamic
+    # sequence axis hides it), so attention is one quantized QAttention op per layer
+    assert entry["int8_method"].endswith("(after onnxruntime transformer fusion)")
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "b" / "model.onnx")).graph.node]
+    assert ops.count("QAttention") == 2  # tiny_bert: 2 layers
 
 
 def test_vit_one_input_exports_logits_and_takes_a_plain_array(tmp_path):

@@ -71,8 +71,12 @@ def _diverged(description: str, what: str, epoch: int, spec: TrainSpec) -> Diver
 
 def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], spec: TrainSpec, *,
         hooks: HookSet | None = None, val: tuple[np.ndarray, np.ndarray] | None = None, seed: int = 0,
-        progress: Progress | None = None, description: str = "train") -> History:
+        progress: Progress | None = None, description: str = "train", supervised: bool = True) -> History:
     """Train `model` in place for `spec.epochs` epochs with cross-entropy plus the hooks' loss terms.
+
+    `train[0]` may be a record array with one field per model input (token ids and attention mask):
+    each batch is then passed as one tensor per field, in field order. `supervised=False` trains on
+    the hooks' loss terms alone (label-free, e.g. feature distillation of an embedding model).
 
     >>> x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32"); y = (x[:, 0] > 0).astype("int64")
     >>> model = nn.Linear(4, 2)
@@ -87,7 +91,8 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], spec: TrainSpec,
     progress = progress or SilentProgress()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    xs, ys = torch.from_numpy(train[0]), torch.from_numpy(train[1])
+    records = train[0].dtype.names is not None
+    xs, ys = (train[0] if records else torch.from_numpy(train[0])), torch.from_numpy(train[1])
     optimizer = _optimizer(model, spec)
     steps = (len(xs) + spec.batch_size - 1) // spec.batch_size
     task = progress.task(description, total=spec.epochs * steps)
@@ -100,9 +105,16 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], spec: TrainSpec,
         total = 0.0
         for start in range(0, len(xs), spec.batch_size):
             idx = order[start:start + spec.batch_size]
-            inputs, targets = xs[idx], ys[idx]
-            outputs = model(inputs)
-            loss = F.cross_entropy(outputs, targets) + hooks.loss(model, inputs, outputs, targets)
+            inputs, targets = (_fields(xs, idx) if records else xs[idx]), ys[idx]
+            outputs = model(*inputs) if records else model(inputs)
+            loss = hooks.loss(model, inputs, outputs, targets)
+            if supervised:
+                loss = F.cross_entropy(outputs, targets) + loss
+            elif not loss.requires_grad:
+                raise EdgetierError(f"{description}: training without labels needs a loss from a stage, and no stage "
+                                    "before this training gives one", where="train",
+                                    fix="add a feature_distill stage before this train block (it matches the "
+                                        "teacher's embedding, no labels needed), or train on a labelled dataset")
             value = float(loss.detach())
             if not np.isfinite(value):
                 raise _diverged(description, f"the loss became {value}", epoch, spec)
@@ -124,6 +136,12 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], spec: TrainSpec,
     progress.done(task)
     model.eval()
     return History(tuple(losses), tuple(accs))
+
+
+def _fields(x: np.ndarray, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One tensor per field of the record array `x`, rows `idx`."""
+    rows = x[idx.numpy()]
+    return tuple(torch.from_numpy(np.ascontiguousarray(rows[name])) for name in x.dtype.names)
 
 
 @torch.no_grad()

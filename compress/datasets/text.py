@@ -8,6 +8,8 @@ never overlap (one is Python's own documentation, the other scikit-learn's datas
   to evaluate embeddings (the benchmark's cosine and nearest-neighbour agreement).
 - `sklearn_descriptions()` — sentences of the `DESCR` texts of scikit-learn's bundled datasets
   (iris, digits, wine, breast cancer, diabetes, linnerud): for distillation / calibration.
+- `package_docstrings` (`compress.datasets.docstrings`) — thousands of prose sentences of installed
+  packages' docstrings (numpy, torch, scipy, ...), never a stdlib one: for label-free distillation.
 
 Tokenization rules (the same as `export.tokenizer` on the device): truncate to `max_length`
 tokens, special tokens included; pad to `max_length` here (one array for the whole split; the
@@ -114,7 +116,14 @@ def _draw(items: list[str], n: int | None, seed: int) -> list[str]:
     return [items[i] for i in sorted(idx)]
 
 
-SOURCES = {"sklearn_descriptions": sklearn_descriptions, "stdlib_docstrings": stdlib_docstrings}
+def _package_docstrings(n: int | None = None, *, seed: int = 0) -> list[str]:
+    from compress.datasets.docstrings import package_docstrings
+
+    return package_docstrings(n, seed=seed)
+
+
+SOURCES = {"sklearn_descriptions": sklearn_descriptions, "stdlib_docstrings": stdlib_docstrings,
+           "package_docstrings": _package_docstrings}
 
 
 def text_dataset(*, seed: int, tokenizer: str | None, source: str, file: str | None, samples: int | None,

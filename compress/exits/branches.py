@@ -7,7 +7,9 @@ children; that is also where the model is cut into segments for export.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -90,6 +92,21 @@ class EarlyExitModel(nn.Module):
     @property
     def after(self) -> tuple[str, ...]:
         return tuple(self.exits.keys())
+
+    def train(self, mode: bool = True) -> EarlyExitModel:
+        # the exits' logits of the last training batch belong to that batch's graph; eval drops them
+        if not mode:
+            self.exit_logits = []
+        return super().train(mode)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> EarlyExitModel:
+        # `exit_logits` holds the last training batch's non-leaf tensors, which torch refuses to
+        # deep-copy (pruning stages copy the model); a copy starts without them, like a fresh model
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        for key, value in self.__dict__.items():
+            clone.__dict__[key] = [] if key == "exit_logits" else copy.deepcopy(value, memo)
+        return clone
 
     def all_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = []

@@ -58,8 +58,10 @@ def hf_folder(source: str | Path) -> Path:
                         fix="point at the folder that save_pretrained wrote (config.json + model.safetensors)")
 
 
-def load_hf(source: str | Path, *, task: Task, output: OutputSpec | None = None) -> AdaptedModule:
-    """The model in `source` with its task's adapter, in eval mode, loaded offline."""
+def load_hf(source: str | Path, *, task: Task, output: OutputSpec | None = None,
+            image_shape: tuple[int, ...] | None = None) -> AdaptedModule:
+    """The model in `source` with its task's adapter, in eval mode, loaded offline (`image_shape`: the
+    (channels, height, width) of the data, for image models whose config states no `image_size`)."""
     import transformers  # heavy: only recipes and scripts that use Hugging Face models import it
 
     if task not in TASKS:
@@ -79,7 +81,7 @@ def load_hf(source: str | Path, *, task: Task, output: OutputSpec | None = None)
     except (OSError, ValueError) as err:
         raise EdgetierError(f"transformers cannot load {folder} ({str(err).splitlines()[0]})", where="model.hf",
                             fix="check that the folder is complete (config.json, weights) and fits the task") from None
-    return adapt(model.eval(), task=task, output=output)
+    return adapt(model.eval(), task=task, output=output, image_shape=image_shape)
 
 
 def adapt(model: nn.Module, *, task: Task, output: OutputSpec | None = None,

@@ -93,7 +93,7 @@ def partition_command(path: Path, tiers: Sequence[str], *, bandwidth_mbps: float
 
 
 def _target_entry(t: Target) -> dict[str, Any]:
-    return {"name": t.name, "tier": t.tier, "runtime": "onnxruntime",
+    return {"name": t.name, "tier": t.tier, "runtime": t.runtime, "export_format": t.export_format,
             "compute": t.compute.model_dump(mode="json"),
             "link": t.link.model_dump(mode="json") if t.link else None,
             "tolerance": t.tolerance.model_dump(mode="json")}

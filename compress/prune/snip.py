@@ -72,7 +72,13 @@ def connection_sensitivity(model: nn.Module, names: list[str], batches: list[tup
     scratch = copy.deepcopy(model).train()
     scratch.zero_grad(set_to_none=True)
     for x, y in batches:
-        F.cross_entropy(scratch(x), y).backward()
+        loss = F.cross_entropy(scratch(x), y)
+        # an early-exit model trains its exits too (their weighted losses, as the exits' stage does):
+        # without them the exit heads' connections would score zero and be pruned first
+        for weight, logits in zip(getattr(scratch, "exit_weights", ()), getattr(scratch, "exit_logits", ()),
+                                  strict=False):
+            loss = loss + weight * F.cross_entropy(logits, y)
+        loss.backward()
     scores = {}
     for name in names:
         weight = scratch.get_submodule(name).weight

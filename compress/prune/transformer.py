@@ -182,7 +182,8 @@ def sync_heads(model: nn.Module, mlp: list[str]) -> dict[str, Any]:
                 setattr(a.module, name, a.heads)
         if isinstance(getattr(a.module, "all_head_size", None), int):
             a.module.all_head_size = a.heads * a.head_size
-    config = getattr(model, "config", None)
+    # a Hugging Face model's config, or that of the model inside an adapter (a recipe's `model: {hf}`)
+    config = getattr(model, "config", None) or getattr(getattr(model, "model", None), "config", None)
     updates: dict[str, Any] = {}
     if attention and len({a.heads for a in attention}) == 1 and len({a.head_size for a in attention}) == 1:
         updates.update(num_attention_heads=attention[0].heads, head_dim=attention[0].head_size)

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -26,8 +24,8 @@ from compress.models import build
 from compress.prune.lottery import LotteryTicketConfig
 from compress.prune.structured import StructuredPruneConfig
 from compress.prune.unstructured import UnstructuredPruneConfig
-from export.measure import latency_ms
 from tests.benchmarks.conftest import SEED, measure
+from tests.benchmarks.timing import alternate_latency
 
 pytestmark = pytest.mark.benchmark
 
@@ -38,15 +36,6 @@ def dense_entry(dense_resnet1d: nn.Module, mnist1d: Dataset, tmp_path_factory) -
     out = tmp_path_factory.mktemp("dense")
     entry = measure(copy.deepcopy(dense_resnet1d), mnist1d, out, name="dense")
     return {"entry": entry, "onnx": out / "dense" / "model.onnx"}
-
-
-def alternate_latency(paths: dict[str, Path], x_one: np.ndarray, *, rounds: int = 9, repeats: int = 200) -> dict:
-    """Median over `rounds` of each file's median batch-1 latency, the files timed in turn every round."""
-    medians: dict[str, list[float]] = {name: [] for name in paths}
-    for _ in range(rounds):
-        for name, path in paths.items():
-            medians[name].append(latency_ms(path, x_one, threads=1, repeats=repeats).median_ms)
-    return {name: float(np.median(values)) for name, values in medians.items()}
 
 
 def test_structured_half_the_channels(fresh_dense, mnist1d, dense_entry, tmp_path) -> None:

@@ -20,6 +20,10 @@ neighbour agreement):
 - pruned (54 of 72 heads, MLP 1536 → 768; 22.71 M → 18.28 M parameters): (0.645, 0.418);
 - distilled, PyTorch fp32: (0.865, 0.563);
 - distilled, onnxruntime dynamic int8 (per-channel): (0.860, 0.547).
+Second measurement (2026-11-30, own-loop script on the same held-out set, AdamW lr 3e-4 with 5 %
+warm-up and no decay reached, 300 steps of 32 from 11,514 package-docstring sentences, ~9 s/step at
+load ~5): pruned (0.645, 0.418) -> distilled fp32 (0.8199, 0.520) at step 100, (0.8603, 0.566) at 200,
+(0.8745, 0.598) at 300; int8 in the closing note. Still rising; the bar needs more steps than fit.
 The issue's end-variant bar (0.92 after int8) is not met: 300 steps on 3.3 k short sentences is all
 this machine allowed (the loss curve was not recorded; longer distillation and more varied text are the
 next levers, then a smaller MLP cut).
@@ -27,9 +31,7 @@ next levers, then a smaller MLP cut).
 
 from __future__ import annotations
 
-import ast
 import copy
-import re
 import time
 from pathlib import Path
 
@@ -40,6 +42,7 @@ import torch.nn.functional as F
 
 import compress
 from compress.core.adapter import ModelAdapter
+from compress.datasets.docstrings import package_docstrings, prose_sentences
 from compress.distill.feature import FeatureDistillConfig
 from compress.prune.structured import StructuredPruneConfig
 
@@ -47,54 +50,11 @@ pytestmark = pytest.mark.benchmark
 
 MAX_LEN = 48
 STEPS, BATCH, LR = 300, 32, 2e-4
-FILES_PER_PACKAGE = 60  # enough sentences, parsed in seconds
-PACKAGES = ("numpy", "torch", "scipy", "transformers", "pandas", "onnx", "pydantic", "networkx", "rich", "brevitas")
-_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
-
-
-def _plain(sentence: str) -> str | None:
-    """A prose sentence of 6-40 words, or None (code, tables, references, markup)."""
-    s = " ".join(sentence.split())
-    words = s.split()
-    if not 6 <= len(words) <= 40 or not s[0].isupper() or not s.endswith("."):
-        return None
-    if re.search(r"[=<>{}\[\]|`_*#:]|\(\)|http|\.\.", s) or sum(c.isalpha() for c in s) < 0.75 * len(s):
-        return None
-    return s
-
-
-def _sentences(texts: list[str]) -> list[str]:
-    found = []
-    for text in texts:
-        for paragraph in re.split(r"\n\s*\n", text):
-            for sentence in _SENTENCE.split(" ".join(paragraph.split())):
-                plain = _plain(sentence)
-                if plain is not None:
-                    found.append(plain)
-    return list(dict.fromkeys(found))
 
 
 def docstring_sentences(limit: int) -> list[str]:
-    import importlib.util
-
-    texts = []
-    for package in PACKAGES:
-        spec = importlib.util.find_spec(package)
-        if spec is None or spec.origin is None:
-            continue
-        for path in sorted(Path(spec.origin).parent.rglob("*.py"))[:FILES_PER_PACKAGE]:
-            try:
-                tree = ast.parse(path.read_text(encoding="utf-8"))
-            except (SyntaxError, UnicodeDecodeError, ValueError):
-                continue
-            for node in ast.walk(tree):
-                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                    doc = ast.get_docstring(node)
-                    if doc:
-                        texts.append(doc)
-    sentences = _sentences(texts)
-    rng = np.random.default_rng(0)
-    return [sentences[i] for i in rng.permutation(len(sentences))[:limit]]
+    """Distillation sentences: the text dataset's `package_docstrings` source (never a stdlib one)."""
+    return package_docstrings(limit, seed=0)
 
 
 def held_out_sentences(limit: int) -> list[str]:
@@ -104,8 +64,8 @@ def held_out_sentences(limit: int) -> list[str]:
     import sklearn.datasets
 
     folder = Path(sklearn.datasets.__file__).parent / "descr"
-    found = _sentences([p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.rst"))])
-    reference = _sentences([topics[k] for k in sorted(topics)])
+    found = prose_sentences([p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.rst"))])
+    reference = prose_sentences([topics[k] for k in sorted(topics)])
     rng = np.random.default_rng(1)
     return (found + [reference[i] for i in rng.permutation(len(reference))])[:limit]
 

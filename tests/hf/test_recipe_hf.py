@@ -29,6 +29,8 @@ def _recipe(tmp_path: Path, folder: Path) -> Path:
     data = yaml.safe_load((RECIPES / "text_embedding.yaml").read_text())
     data["model"]["hf"] = str(folder)
     data["data"].update(samples=None, file=str(tmp_path / "lines.txt"), max_length=16)
+    distill = next(s for s in data["stages"] if s["kind"] == "feature_distill")
+    distill["with"]["layers"] = [{"student": f"model.encoder.layer.{i}"} for i in range(2)]  # tiny_bert: 2 layers
     (tmp_path / "lines.txt").write_text("\n".join(
         f"the small model runs on device {i}" if i % 2 else f"a text on the edge {i}" for i in range(40)))
     path = tmp_path / "r.yaml"
@@ -48,6 +50,17 @@ def test_text_embedding_recipe_with_a_tiny_bert(tmp_path):
     from export import runtime
 
     assert runtime.load(edge).predict(["the model runs", "a text"]).shape == (2, 32)
+    # the end variant: a quarter of the heads and half the MLP channels gone, distilled without labels, int8
+    run = tmp_path / "runs" / "text-embedding"
+    cloud, _, report = json.loads((run / "report.json").read_text())["models"]
+    prune, distill, _ = report["stages"]
+    assert prune["summary"]["heads_kept"] == [6, 8]
+    assert prune["summary"]["config"] == {"num_attention_heads": 3, "head_dim": 8, "intermediate_size": 32}
+    assert distill["kind"] == "feature_distill" and distill["val_accuracy"] is None  # no labels, no accuracy
+    assert report["precision"] == "int8" and report["torch_params"] < cloud["torch_params"]
+    assert report["int8_method"].endswith("(after onnxruntime transformer fusion)")  # 3 heads of 8, hidden 32
+    end = run / "end"
+    assert runtime.load(end).predict(["the model runs", "a text"]).shape == (2, 32)
 
 
 def _main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
@@ -86,3 +99,26 @@ def test_a_folder_without_weights_is_refused_at_load(tmp_path):
     shutil.rmtree(folder)
     with pytest.raises(Exception, match="no Hugging Face model"):
         load_recipe(_recipe(tmp_path, folder))
+
+
+def test_a_model_folder_without_its_tokenizer_is_exit_2_nothing_written(tmp_path, monkeypatch, capsys):
+    folder = _folder(tmp_path)
+    (folder / "tokenizer.json").unlink()
+    code, err = _main(monkeypatch, capsys, "run", str(_recipe(tmp_path, folder)), "--out", str(tmp_path / "runs"))
+    assert code == 2
+    assert "no tokenizer.json" in err and "Fix:" in err and "Traceback" not in err
+    assert not list((tmp_path / "runs").rglob("manifest.json"))
+
+
+def test_a_recipe_pruning_heads_of_a_model_without_attention_is_exit_2_before_training(tmp_path, monkeypatch,
+                                                                                      capsys):
+    recipe = {"schema_version": 1, "name": "no-heads", "seed": 0,
+              "model": {"zoo": "resnet2d", "width": 8, "train": {"epochs": 1}}, "data": {"dataset": "digits"},
+              "stages": [{"name": "prune", "kind": "structured_prune", "with": {"heads": 0.25}}],
+              "variants": {"edge": {"target": "jetson_orin_nano"}}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    code, err = _main(monkeypatch, capsys, "run", str(path), "--out", str(tmp_path / "runs"))
+    assert code == 2
+    assert "no attention module" in err and "stages[0].with" in err and "Traceback" not in err
+    assert not list((tmp_path / "runs").rglob("*.pt")) and not list((tmp_path / "runs").rglob("manifest.json"))

@@ -45,3 +45,32 @@ def tiny_tokenizer_json(path, *, words=("the", "a", "model", "small", "runs", "o
                                                                                               ("[SEP]", 3)])
     tok.save(str(path))
     return path
+
+
+VISION = ("resnet", "convnext", "mobilenet_v2", "vit")
+
+
+def tiny_vision(kind: str, *, seed: int = 0, image: int = 8, labels: int = 10):
+    """A small Hugging Face image classifier for 1-channel `image`×`image` inputs (sklearn digits
+    are 8×8), random init. Widths are multiples of 32 so that half the channels rounds cleanly to
+    the targets' channel multiples (8 / 16)."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    if kind == "resnet":  # basic blocks with a projection shortcut in stage 2: residual adds to prune across
+        config = tf.ResNetConfig(num_channels=1, embedding_size=32, hidden_sizes=[32, 64], depths=[1, 1],
+                                 layer_type="basic", downsample_in_first_stage=False, num_labels=labels)
+        return tf.ResNetForImageClassification(config).eval()
+    if kind == "convnext":  # depthwise 7×7, channels-last LayerNorm, layer-scale parameters
+        config = tf.ConvNextConfig(num_channels=1, num_stages=2, hidden_sizes=[32, 64], depths=[1, 1], patch_size=2,
+                                   image_size=image, num_labels=labels)
+        return tf.ConvNextForImageClassification(config).eval()
+    if kind == "mobilenet_v2":  # inverted residuals: expand 1×1, depthwise 3×3, project 1×1
+        config = tf.MobileNetV2Config(num_channels=1, image_size=image, depth_multiplier=0.5, finegrained_output=False,
+                                      num_labels=labels)
+        return tf.MobileNetV2ForImageClassification(config).eval()
+    if kind == "vit":
+        config = tf.ViTConfig(image_size=image, patch_size=2, num_channels=1, hidden_size=32, num_hidden_layers=2,
+                              num_attention_heads=4, intermediate_size=64, num_labels=labels)
+        return tf.ViTForImageClassification(config).eval()
+    raise ValueError(f"unknown kind {kind!r}: use one of {VISION}")

@@ -51,6 +51,10 @@ def test_partition_writes_plan_plot_and_split_bundles(run_dir: Path, monkeypatch
     assert (tmp_path / "out" / "partition.png").stat().st_size > 1000
     assert plan["best"]["total_ms"] <= min(e["total_ms"] for e in plan["extremes"].values()) + 1e-9
     assert plan["split"] and plan["best"]["links"][0]["cut_tensors"] == ["/0/Conv_output_0"]
+    # stm32h7 runs LiteRT: its segment (a Conv1d) ships as .tflite, checked against the ONNX segment
+    end_manifest = json.loads((Path(plan["split_bundles"][0]) / "manifest.json").read_text())
+    assert end_manifest["model"]["file"] == "model.tflite", end_manifest["partition"].get("format_note")
+    assert "(model.tflite)" in out
     split = load_split([Path(p) for p in plan["split_bundles"]])
     (ref,) = make_session(run_dir / "cloud" / "model.onnx").run(None, {"input": x})
     # int8 crossing of the calibrated conv output: top-1 agrees on the calibration inputs at the targets' 0.97 bar
