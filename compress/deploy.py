@@ -124,18 +124,28 @@ def _export_float(model: nn.Module, spec: BundleSpec, example_inputs: tuple[torc
     if quantize != "int8_static":  # pragma: no cover - ExportPlan values come from registered techniques
         raise EdgetierError(f"unknown export quantization {quantize!r}")
     calib = data.calib.x[:export_plan.calib_samples]
+    extra: dict[str, Any] = {"fp32_bytes": fp32_path.stat().st_size, "calibration": export_plan.calibration}
     if fmt == "tflite":
         final_path = export_tflite(model, example_inputs, tmp / "model.tflite", calib=calib,
-                                   per_channel=export_plan.per_channel)
+                                   per_channel=export_plan.per_channel, calibration=export_plan.calibration)
+    elif export_plan.max_loss is not None or export_plan.min_agreement is not None:
+        from compress.quant.accuracy_aware import accuracy_aware_int8
+
+        search = accuracy_aware_int8(fp32_path, tmp / "model.onnx", calib, data.val.x, data.val.y,
+                                     max_loss=export_plan.max_loss, min_agreement=export_plan.min_agreement,
+                                     calibration=export_plan.calibration, per_channel=export_plan.per_channel,
+                                     fallback=export_plan.fallback)
+        final_path, extra["accuracy_aware"] = search.path, search.to_dict()
     else:
-        final_path = quantize_int8_static(fp32_path, tmp / "model.onnx", calib, per_channel=export_plan.per_channel)
+        final_path = quantize_int8_static(fp32_path, tmp / "model.onnx", calib, per_channel=export_plan.per_channel,
+                                          calibration=export_plan.calibration)
     parity = check(final_path, model, x_check, atol=float("inf"), rtol=float("inf"))
     need = target.tolerance.quantized_top1_agreement
     if parity.top1_agreement < need:
         raise ParityError(f"int8 {label} agrees with PyTorch on top-1 for {parity.top1_agreement:.1%} of "
                           f"{len(x_check)} test samples, below the target's {need:.0%}", where=spec.name,
                           fix="skip ptq_int8 for this variant or fine-tune with quantization-aware training")
-    return _Exported(final_path, parity, "int8", "int8", {"fp32_bytes": fp32_path.stat().st_size})
+    return _Exported(final_path, parity, "int8", "int8", extra)
 
 
 def _export_qcdq(model: nn.Module, spec: BundleSpec, example_inputs: tuple[torch.Tensor, ...], x_check: np.ndarray,

@@ -10,13 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnxruntime.quantization import (
-    CalibrationDataReader,
     CalibrationMethod,
     QuantFormat,
     QuantType,
@@ -24,21 +23,10 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
+from export.calibrate import CALIBRATIONS, calibrate
 from export.errors import ExportError
 
-__all__ = ["quantize_int8_static"]
-
-
-class _BatchReader(CalibrationDataReader):
-    """Feeds `calib_x` to the calibrator in fixed batches, in order, so ranges are reproducible."""
-
-    def __init__(self, input_name: str, calib_x: np.ndarray, batch_size: int) -> None:
-        self._batches: Iterator[dict[str, np.ndarray]] = (
-            {input_name: calib_x[i : i + batch_size]} for i in range(0, len(calib_x), batch_size)
-        )
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
+__all__ = ["Int8Quantizer", "quantize_int8_static"]
 
 
 def quantize_int8_static(
@@ -47,14 +35,18 @@ def quantize_int8_static(
     calib_x: np.ndarray,
     *,
     per_channel: bool = True,
+    calibration: str = "minmax",
+    nodes_to_exclude: Sequence[str] = (),
     batch_size: int = 64,
 ) -> Path:
-    """Quantize `src` to int8 at `dst`: symmetric int8 weights, int8 activations, MinMax ranges.
+    """Quantize `src` to int8 at `dst`: symmetric int8 weights, int8 activations, ranges by `calibration`.
 
-    Runs `quant_pre_process` (shape inference and graph optimization) first, then
-    `quantize_static` in QDQ format, calibrated on `calib_x` (float inputs, first axis =
-    samples) in batches of `batch_size`. Intermediate files go to a temporary folder that is
-    removed; the same inputs give the same bytes.
+    Runs `quant_pre_process` (shape inference and graph optimization, which folds BatchNorm into
+    the convolutions) first, then calibrates activation ranges on `calib_x` (float inputs, first
+    axis = samples) with `calibration` (one of `export.calibrate.CALIBRATIONS`), then
+    `quantize_static` in QDQ format. Nodes named in `nodes_to_exclude` (names in the
+    pre-processed graph, see `Int8Quantizer.nodes`) stay fp32. Intermediate files go to a
+    temporary folder that is removed; the same inputs give the same bytes.
 
     >>> import tempfile, pathlib, numpy as np
     >>> from export._examples import tiny_onnx
@@ -64,43 +56,98 @@ def quantize_int8_static(
     ...     sorted(p.name for p in q.parent.iterdir())
     ['m.int8.onnx', 'm.onnx']
     """
-    src, dst = Path(src), Path(dst)
-    if not src.is_file():
-        raise ExportError(
-            "ONNX file to quantize not found", where=str(src), fix="export the fp32 model first"
-        )
-    calib_x = np.asarray(calib_x)
-    if calib_x.ndim < 1 or len(calib_x) == 0:
-        raise ExportError(
-            f"calibration data is empty (shape {list(calib_x.shape)})",
-            where=str(src),
-            fix="pass a few hundred representative inputs as calib_x, first axis = samples",
-        )
-    if batch_size < 1:
-        raise ExportError(f"batch_size must be at least 1, got {batch_size}", fix="pass batch_size=1 or more")
-    calib_x = calib_x.astype(np.float32, copy=False)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="edgetier-quant-") as tmp:
-        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        _step("pre-processing (shape inference, optimization)", src, quant_pre_process, src, pre)
-        input_name = _graph_input(pre)
-        reader = _BatchReader(input_name, calib_x, batch_size)
+    with Int8Quantizer(src, calib_x, calibration=calibration, batch_size=batch_size) as quantizer:
+        return quantizer.write(dst, per_channel=per_channel, nodes_to_exclude=nodes_to_exclude)
+
+
+class Int8Quantizer:
+    """One pre-processing and one calibration of an fp32 ONNX file, then any number of int8 files from it.
+
+    Use as a context manager (its temporary folder is removed on exit). `nodes` lists the
+    quantizable nodes (Conv, Gemm, MatMul) of the pre-processed graph, in graph order: the names
+    `write(..., nodes_to_exclude=...)` accepts.
+
+    >>> import tempfile, pathlib, numpy as np
+    >>> from export._examples import tiny_onnx
+    >>> with tempfile.TemporaryDirectory() as d, Int8Quantizer(tiny_onnx(pathlib.Path(d) / "m.onnx"),
+    ...                                                          np.ones((8, 4), np.float32)) as q:
+    ...     len(q.nodes), q.write(pathlib.Path(d) / "fp.onnx", nodes_to_exclude=q.nodes).name
+    (1, 'fp.onnx')
+    """
+
+    def __init__(self, src: str | os.PathLike[str], calib_x: np.ndarray, *, calibration: str = "minmax",
+                 percentile: float = 99.999, batch_size: int = 64) -> None:
+        self.src = Path(src)
+        if not self.src.is_file():
+            raise ExportError(
+                "ONNX file to quantize not found", where=str(self.src), fix="export the fp32 model first"
+            )
+        calib_x = np.asarray(calib_x)
+        if calib_x.ndim < 1 or len(calib_x) == 0:
+            raise ExportError(
+                f"calibration data is empty (shape {list(calib_x.shape)})",
+                where=str(self.src),
+                fix="pass a few hundred representative inputs as calib_x, first axis = samples",
+            )
+        if batch_size < 1:
+            raise ExportError(f"batch_size must be at least 1, got {batch_size}", fix="pass batch_size=1 or more")
+        if calibration not in CALIBRATIONS:
+            raise ExportError(f"unknown calibration {calibration!r}", where=str(self.src),
+                              fix=f"choose one of {', '.join(CALIBRATIONS)}")
+        self.calibration = calibration
+        self._tmp = tempfile.TemporaryDirectory(prefix="edgetier-quant-")
+        tmp = Path(self._tmp.name)
+        self.pre, self.cache = tmp / "pre.onnx", tmp / "ranges.json"
+        try:
+            _step("pre-processing (shape inference, optimization)", self.src, quant_pre_process, self.src, self.pre)
+            self.input_name = _graph_input(self.pre)
+            _step(f"{calibration} calibration", self.src, calibrate, self.pre, self.input_name,
+                  calib_x.astype(np.float32, copy=False), self.cache, method=calibration, percentile=percentile,
+                  batch_size=batch_size)
+        except BaseException:
+            self._tmp.cleanup()
+            raise
+        graph = onnx.load(os.fspath(self.pre), load_external_data=False).graph
+        self.nodes: tuple[str, ...] = tuple(n.name for n in graph.node if n.op_type in _WEIGHTED_OPS)
+        self.all_nodes: frozenset[str] = frozenset(n.name for n in graph.node)
+
+    def write(self, dst: str | os.PathLike[str], *, per_channel: bool = True,
+              nodes_to_exclude: Sequence[str] = (), extra_options: dict | None = None) -> Path:
+        """The int8 QDQ file at `dst`; `nodes_to_exclude` stay fp32 (their inputs and outputs too)."""
+        unknown = sorted(set(nodes_to_exclude) - self.all_nodes)
+        if unknown:
+            raise ExportError(f"nodes to keep in fp32 not in the graph: {unknown}", where=str(self.src),
+                              fix=f"use names from the pre-processed graph, e.g. {list(self.nodes[:3])}")
+        dst = Path(dst)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        out = Path(self._tmp.name) / "int8.onnx"
         _step(
             "static int8 quantization",
-            src,
+            self.src,
             quantize_static,
-            pre,
+            self.pre,
             out,
-            reader,
+            None,
             quant_format=QuantFormat.QDQ,
             per_channel=per_channel,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+            calibrate_method=CalibrationMethod.MinMax,  # the cache holds final ranges, whatever computed them
+            calibration_cache_path=self.cache,
+            nodes_to_exclude=list(nodes_to_exclude),
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False, **(extra_options or {})},
         )
         shutil.copyfile(out, dst)
-    return dst
+        return dst
+
+    def __enter__(self) -> Int8Quantizer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._tmp.cleanup()
+
+
+_WEIGHTED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 
 
 def _graph_input(path: Path) -> str:

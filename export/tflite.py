@@ -41,11 +41,14 @@ def export_tflite(
     *,
     calib: np.ndarray | None = None,
     per_channel: bool = True,
+    calibration: str = "mse",
 ) -> Path:
     """Convert `model` (in eval mode) to a .tflite file at `path`: fp32, or static int8 given `calib`.
 
     `calib` is a float array of calibration samples `[N, ...]` (the calib split); each sample sets
-    the activation ranges of the int8 model. (The example is skipped in the doctest run: a conversion
+    the activation ranges of the int8 model, observed by torch.ao's `HistogramObserver` (`calibration="mse"`,
+    litert-torch's own choice: the range with the least L2 quantization error) or `MinMaxObserver`
+    (`"minmax"`). (The example is skipped in the doctest run: a conversion
     takes ~10 s; tests/export/test_tflite.py runs it.)
 
     >>> import tempfile, pathlib, torch
@@ -64,7 +67,7 @@ def export_tflite(
             if calib is None:
                 edge = litert_torch.convert(model, example_inputs)
             else:
-                graph, quant_config = _pt2e_int8(model, example_inputs, calib, per_channel)
+                graph, quant_config = _pt2e_int8(model, example_inputs, calib, per_channel, calibration)
                 edge = litert_torch.convert(graph, example_inputs, quant_config=quant_config)
             data = edge.model_content()
         except (RuntimeError, ValueError, TypeError, NotImplementedError) as err:
@@ -78,7 +81,9 @@ def export_tflite(
 
 
 def _pt2e_int8(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: np.ndarray,
-               per_channel: bool) -> tuple[torch.nn.Module, Any]:
+               per_channel: bool, calibration: str = "mse") -> tuple[torch.nn.Module, Any]:
+    import dataclasses
+
     from litert_torch.quantize import pt2e_quantizer as pq
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e import move_exported_model_to_eval
@@ -86,7 +91,18 @@ def _pt2e_int8(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
 
     if len(calib) == 0:
         raise ExportError("int8 .tflite needs calibration samples, got none", fix="give a non-empty calib split")
-    quantizer = pq.PT2EQuantizer().set_global(pq.get_symmetric_quantization_config(is_per_channel=per_channel))
+    observers = {"mse": "HistogramObserver", "minmax": "MinMaxObserver"}
+    if calibration not in observers:
+        raise ExportError(f"calibration {calibration!r} has no PT2E observer for .tflite",
+                          fix=f"use one of {', '.join(observers)}")
+    config = pq.get_symmetric_quantization_config(is_per_channel=per_channel)
+    if calibration == "minmax":  # litert-torch's config observes activations with HistogramObserver
+        from torchao.quantization.pt2e import MinMaxObserver
+
+        act = dataclasses.replace(config.input_activation,
+                                  observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12))
+        config = dataclasses.replace(config, input_activation=act, output_activation=act)
+    quantizer = pq.PT2EQuantizer().set_global(config)
     graph = torch.export.export(model, example_inputs).module()
     prepared = prepare_pt2e(graph, quantizer)
     batch = example_inputs[0].shape[0]

@@ -26,7 +26,9 @@ class ExportPlan:
     """What the exporter must do beyond a plain fp32 export (techniques that act on the artifact).
 
     `quantize="int8_static"` asks for onnxruntime static int8 quantization calibrated on
-    `calib_samples` samples of the calibration split. `exporter` says how the graph is written:
+    `calib_samples` samples of the calibration split, activation ranges by `calibration`; with
+    `max_loss` or `min_agreement` the exporter keeps the most sensitive layers in fp32 until the
+    bound holds on the validation split (`compress.quant.accuracy_aware`). `exporter` says how the graph is written:
     `"onnx"` (torch.onnx, float weights) or `"qcdq"` (a brevitas-quantized model exported as a
     QuantizeLinear / DequantizeLinear graph whose weights are stored as int8 / int4 / int2).
     """
@@ -35,10 +37,15 @@ class ExportPlan:
     per_channel: bool = True
     calib_samples: int = 256
     exporter: str = "onnx"
+    calibration: str = "minmax"  # activation ranges: minmax / percentile / entropy / mse (export.calibrate)
+    max_loss: float | None = None  # accuracy-aware int8: fall back layers until the loss (points) is within this
+    min_agreement: float | None = None  # ... or until top-1 agreement with fp32 is at least this
+    fallback: bool = True  # False on int8-only targets: the bound is measured and reported, never met by fp32 layers
 
     def to_dict(self) -> dict[str, Any]:
         return {"quantize": self.quantize, "per_channel": self.per_channel, "calib_samples": self.calib_samples,
-                "exporter": self.exporter}
+                "exporter": self.exporter, "calibration": self.calibration, "max_loss": self.max_loss,
+                "min_agreement": self.min_agreement, "fallback": self.fallback}
 
 
 @dataclass(frozen=True)

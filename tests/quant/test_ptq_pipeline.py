@@ -1,0 +1,35 @@
+"""ptq_int8's new options in a recipe run: the calibration and the transforms used are in the report,
+the accuracy-aware search reports its numbers, and an int8-only target says it cannot fall back."""
+
+from __future__ import annotations
+
+import compress
+
+
+def test_ptq_options_in_a_run(tiny_recipe, write_recipe, tmp_path):
+    tiny_recipe["stages"][-1]["with"] = {"calib_samples": 64, "calibration": "mse", "equalize": True,
+                                         "bias_correction": True, "min_agreement": 0.9}
+    tiny_recipe["stages"] = [tiny_recipe["stages"][0], tiny_recipe["stages"][-1]]
+    tiny_recipe["variants"] = {"edge": {"target": "jetson_orin_nano"}}
+    run = compress.run(compress.load_recipe(write_recipe(tiny_recipe)), out_dir=tmp_path / "runs")
+    edge = run.models[-1]
+    summary = edge["stages"][-1]["summary"]
+    assert summary["calibration"] == "mse" and summary["calibration_from"] == "recipe"
+    assert summary["equalized_pairs"] >= 1 and summary["bias_corrected_layers"] >= 2
+    search = edge["parity"]["accuracy_aware"]
+    assert search["bound"] == "min_agreement 90 %" and search["met"]
+    assert edge["parity"]["calibration"] == "mse" and edge["precision"] == "int8"
+
+
+def test_int8_only_target_reports_no_fallback():
+    import torch
+
+    from compress.core.context import Context
+    from compress.quant.ptq import PTQInt8, PTQInt8Config
+    from compress.targets import load_target
+
+    technique = PTQInt8(PTQInt8Config(max_loss=0.5))
+    result = technique.apply(torch.nn.Linear(4, 2), Context(example_inputs=(torch.zeros(1, 4),),
+                                                            target=load_target("coral_edgetpu")))
+    assert result.export.fallback is False and result.export.calibration == "mse"
+    assert any("runs int8 only" in note for note in result.report["notes"])
