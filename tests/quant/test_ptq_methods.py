@@ -123,7 +123,7 @@ def test_mse_range_is_no_worse_than_minmax_on_its_histogram():
 
 
 def test_defaults_per_target_and_runtime_limits():
-    assert default_calibration(load_target("jetson_orin_nano")) == "percentile"
+    assert default_calibration(load_target("jetson_orin_nano")) == "minmax"
     assert default_calibration(load_target("stm32h7")) == "mse"
     assert int8_only(load_target("coral_edgetpu")) and int8_only(load_target("ethos_u55"))
     assert not int8_only(load_target("rpi4"))
