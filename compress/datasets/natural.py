@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "INCEPTION_MEAN", "INCEPTION_STD", "Stats", "natural_images"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "INCEPTION_MEAN", "INCEPTION_STD", "Stats", "natural_images", "sample_photos"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -55,12 +55,8 @@ def natural_images(n: int, *, size: int = 224, seed: int = 0, normalize: bool = 
     if n < 0 or size < 1 or not 0 < min_scale <= 1:
         raise ValueError(f"need n >= 0, size >= 1 and 0 < min_scale <= 1, got n={n}, size={size}, "
                          f"min_scale={min_scale}")
-    if stats not in _STATS:
-        raise ValueError(f"stats must be one of {sorted(_STATS)}, got {stats!r}")
-    from sklearn.datasets import load_sample_images
-
-    photos = [torch.from_numpy(np.array(p)).permute(2, 0, 1).float() / 255.0
-              for p in load_sample_images().images]
+    _check_stats(stats)
+    photos = _photos()
     rng = np.random.default_rng(seed)
     out = np.empty((n, 3, size, size), np.float32)
     for i in range(n):
@@ -81,8 +77,49 @@ def natural_images(n: int, *, size: int = 224, seed: int = 0, normalize: bool = 
             crop = crop.flip(-1)
         out[i] = F.interpolate(crop[None], size=(size, size), mode="bilinear", align_corners=False,
                                antialias=True)[0].clamp(0, 1).numpy()
-    if normalize:
-        mean, std = _STATS[stats]
-        out -= np.asarray(mean, np.float32)[:, None, None]
-        out /= np.asarray(std, np.float32)[:, None, None]
-    return out
+    return _normalized(out, stats) if normalize else out
+
+
+def sample_photos(*, size: int = 224, crop: float = 0.875, normalize: bool = True,
+                  stats: Stats = "imagenet") -> np.ndarray:
+    """The two photos, temple then flower, as `[2, 3, size, size]`: the usual evaluation view.
+
+    A centered square of `crop` times the short side, resized to `size` (bilinear, antialiased):
+    the evaluation crop of torchvision and of TensorFlow's EfficientNet (224 / (224 + 32) = 0.875).
+    A quick check that a pretrained model gets its inputs right: its top-1 should be a temple-like
+    class ('palace', 'bell cote') and a flower ('daisy' is ImageNet's nearest to this dahlia).
+
+    >>> sample_photos(size=32, normalize=False).shape
+    (2, 3, 32, 32)
+    """
+    if size < 1 or not 0 < crop <= 1:
+        raise ValueError(f"need size >= 1 and 0 < crop <= 1, got size={size}, crop={crop}")
+    _check_stats(stats)
+    out = np.empty((2, 3, size, size), np.float32)
+    for i, photo in enumerate(_photos()):
+        h, w = photo.shape[1:]
+        side = int(round(crop * min(h, w)))
+        top, left = (h - side) // 2, (w - side) // 2
+        square = photo[None, :, top:top + side, left:left + side]
+        out[i] = F.interpolate(square, size=(size, size), mode="bilinear", align_corners=False,
+                               antialias=True)[0].clamp(0, 1).numpy()
+    return _normalized(out, stats) if normalize else out
+
+
+def _check_stats(stats: str) -> None:
+    if stats not in _STATS:
+        raise ValueError(f"stats must be one of {sorted(_STATS)}, got {stats!r}")
+
+
+def _photos() -> list[torch.Tensor]:
+    """scikit-learn's two sample photos as [3, H, W] RGB tensors in [0, 1] (temple, flower)."""
+    from sklearn.datasets import load_sample_images
+
+    return [torch.from_numpy(np.array(p)).permute(2, 0, 1).float() / 255.0 for p in load_sample_images().images]
+
+
+def _normalized(x: np.ndarray, stats: Stats) -> np.ndarray:
+    mean, std = _STATS[stats]
+    x -= np.asarray(mean, np.float32)[:, None, None]
+    x /= np.asarray(std, np.float32)[:, None, None]
+    return x
