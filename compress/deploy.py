@@ -135,11 +135,11 @@ def _export_float(model: nn.Module, spec: BundleSpec, example_inputs: tuple[torc
         search = accuracy_aware_int8(fp32_path, tmp / "model.onnx", calib, data.val.x, data.val.y,
                                      max_loss=export_plan.max_loss, min_agreement=export_plan.min_agreement,
                                      calibration=export_plan.calibration, per_channel=export_plan.per_channel,
-                                     fallback=export_plan.fallback)
+                                     fallback=export_plan.fallback, activations=export_plan.activations)
         final_path, extra["accuracy_aware"] = search.path, search.to_dict()
     else:
         final_path = quantize_int8_static(fp32_path, tmp / "model.onnx", calib, per_channel=export_plan.per_channel,
-                                          calibration=export_plan.calibration)
+                                          calibration=export_plan.calibration, activations=export_plan.activations)
     parity = check(final_path, model, x_check, atol=float("inf"), rtol=float("inf"))
     need = target.tolerance.quantized_top1_agreement
     if parity.top1_agreement < need:
