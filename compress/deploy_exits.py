@@ -167,7 +167,7 @@ def _int8_segment(path: Path, segment: torch.nn.Module, calib: torch.Tensor, x_c
         parity = check_parity_tflite(out, segment, x_check, atol=float("inf"), rtol=float("inf"))
     else:
         out = quantize_int8_static(path, out, calib.numpy(), per_channel=plan.per_channel,
-                                   calibration=plan.calibration)
+                                   calibration=plan.calibration, activations=plan.activations)
         parity = check_parity(out, segment, x_check, atol=float("inf"), rtol=float("inf"))
     return out, parity.top1_agreement
 
