@@ -98,10 +98,13 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], spec: TrainSpec,
     task = progress.task(description, total=spec.epochs * steps)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(spec.epochs * steps, 1))
                  if spec.schedule == "cosine" else None)
+    lengths = _token_lengths(xs) if records else None
     losses, accs = [], []
     for epoch in range(spec.epochs):
         model.train()
         order = torch.randperm(len(xs), generator=generator)
+        if lengths is not None:
+            order = by_length(order, lengths, spec.batch_size, generator=generator)
         total = 0.0
         for start in range(0, len(xs), spec.batch_size):
             idx = order[start:start + spec.batch_size]
@@ -136,6 +139,34 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], spec: TrainSpec,
     progress.done(task)
     model.eval()
     return History(tuple(losses), tuple(accs))
+
+
+POOL_BATCHES = 50  # batches whose rows are sorted by length together: similar lengths, still shuffled
+
+
+def _token_lengths(x: np.ndarray) -> torch.Tensor | None:
+    """Real tokens per row of a record array with an `attention_mask` field, else None."""
+    if "attention_mask" not in x.dtype.names or x["attention_mask"].ndim != 2:
+        return None
+    return torch.from_numpy(x["attention_mask"].sum(1))
+
+
+def by_length(order: torch.Tensor, lengths: torch.Tensor, batch_size: int, *,
+              generator: torch.Generator) -> torch.Tensor:
+    """`order` regrouped so that each batch holds rows of similar length (each pool of
+    `POOL_BATCHES` batches sorted by length, then the batches shuffled): with batches cut after
+    their longest row (`batch_fields`), less padding is computed. Every row still comes once.
+
+    >>> order = by_length(torch.arange(8), torch.tensor([1, 9, 2, 8, 3, 7, 4, 6]), 2,
+    ...                   generator=torch.Generator().manual_seed(0))
+    >>> sorted(order.tolist()) == list(range(8)), sorted(sorted(order[i:i + 2].tolist()) for i in range(0, 8, 2))
+    (True, [[0, 2], [1, 3], [4, 6], [5, 7]])
+    """
+    pool = POOL_BATCHES * batch_size
+    grouped = [chunk[torch.argsort(lengths[chunk], stable=True)] for chunk in order.split(pool)]
+    batches = list(torch.cat(grouped).split(batch_size))
+    shuffled = torch.randperm(len(batches), generator=generator)
+    return torch.cat([batches[i] for i in shuffled.tolist()]) if batches else order
 
 
 def batch_fields(x: np.ndarray, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
