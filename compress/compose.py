@@ -17,9 +17,10 @@ before anything trains, with one paragraph naming both stages and why:
 - `cluster` / `hash_share` after a quantizer: the quantized layers would be replaced by float
   weight-shared ones, undoing the quantization; and a quantizer after them: shared layers are
   not quantized and the QCDQ export does not store them (measured: cluster then qat fails);
-- `early_exit` and a quantizer, in either order: exits are trained and exported (float segments)
-  on a float backbone (measured: qat then early_exit, and early_exit then qat, both fail in
-  brevitas' backward; early_exit then ptq_int8 exported float segments, the int8 plan dropped);
+- `early_exit` and a training quantizer (`qat`, `mixed_precision`), in either order: exits are
+  trained on a float backbone (measured: qat then early_exit, and early_exit then qat, both fail in
+  brevitas' backward). `early_exit` then `ptq_int8` works: each exported segment is quantized to
+  int8, calibrated on the float features the segments before it hand on;
 - `early_exit` twice: one stage lists every exit;
 - `structured_prune` after a quantizer or a weight-sharing stage: the dependency graph torch-pruning
   traces holds quantized / shared layers it cannot shrink consistently; prune first;
@@ -62,13 +63,12 @@ _RULES: list[tuple[Sequence[str], Sequence[str], str, str]] = [
     (SHARING, QUANTIZERS, "the layers {earlier} shares are codebook / hashed layers, which {later} does not "
      "quantize, and the QCDQ export does not store them", "quantize first, or `ignore` the shared layers in {later} "
      "and use a separate variant"),
-    (QUANTIZERS, ("early_exit",), "exit branches are attached to and trained on float stages, and the exits' "
-     "segment export writes float ONNX; after {earlier} the backbone is quantized", "quantize in a variant "
-     "without exits"),
+    (QUANTIZERS, ("early_exit",), "exit branches are attached to and trained on float stages, and after {earlier} "
+     "the backbone is quantized", "add the exits first and quantize after them with ptq_int8, or quantize in a "
+     "variant without exits"),
     (("early_exit",), QUANTIZERS, "{later} cannot train an early-exit model: the exit branches' float outputs "
-     "reach brevitas' quantizers without a gradient", "quantize in a variant without exits"),
-    (("early_exit",), ("ptq_int8",), "an early-exit model is exported as float ONNX segments, which ptq_int8's "
-     "export plan does not reach: the int8 quantization would be dropped", "quantize in a variant without exits"),
+     "reach brevitas' quantizers without a gradient", "use ptq_int8 after early_exit (int8 segments), or quantize "
+     "in a variant without exits"),
     (("early_exit",), ("early_exit",), "the model already has exits after {earlier}", "use one early_exit stage "
      "and list every exit in its `after`"),
     (SHARING, MASKED, "after {earlier} the layers hold codebooks or hashed weights, not weights {later} can "

@@ -15,7 +15,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from export.qcdq import export_qcdq
 from export.quantize import quantize_int8_static
 from export.report import render_markdown
 from export.runtime import open_model
+from export.sparse_store import store_sparse_file
 from export.tflite import check_parity_tflite, export_tflite
 
 LATENCY_THREADS = 1
@@ -134,11 +135,11 @@ def _export_float(model: nn.Module, spec: BundleSpec, example_inputs: tuple[torc
         search = accuracy_aware_int8(fp32_path, tmp / "model.onnx", calib, data.val.x, data.val.y,
                                      max_loss=export_plan.max_loss, min_agreement=export_plan.min_agreement,
                                      calibration=export_plan.calibration, per_channel=export_plan.per_channel,
-                                     fallback=export_plan.fallback)
+                                     fallback=export_plan.fallback, activations=export_plan.activations)
         final_path, extra["accuracy_aware"] = search.path, search.to_dict()
     else:
         final_path = quantize_int8_static(fp32_path, tmp / "model.onnx", calib, per_channel=export_plan.per_channel,
-                                          calibration=export_plan.calibration)
+                                          calibration=export_plan.calibration, activations=export_plan.activations)
     parity = check(final_path, model, x_check, atol=float("inf"), rtol=float("inf"))
     need = target.tolerance.quantized_top1_agreement
     if parity.top1_agreement < need:
@@ -177,6 +178,30 @@ def _export_qcdq(model: nn.Module, spec: BundleSpec, example_inputs: tuple[torch
     notes.append(f"weights stored as {out.precision} in a QCDQ graph (opset {out.opset}): "
                  + ", ".join(f"{sum(1 for p in out.weights.values() if p.kind == k)} layers {k}" for k in sorted(kinds)))
     return _Exported(out.path, parity, out.precision, compute, extra)
+
+
+def _stored_sparse(exported: _Exported, x_check: np.ndarray, notes: list[str], *, where: str) -> _Exported:
+    """The ONNX file with its sparse weights stored sparse (`export.sparse_store`) when that makes it smaller.
+
+    The rebuilt tensors are the same bits, so onnxruntime must give bit-identical outputs on the parity
+    samples; the dense file, already checked against PyTorch, is the reference. Were they to differ
+    (an optimizer pass that treats the folded tensors otherwise), the dense file ships and the note says why.
+    """
+    if exported.path.suffix != ".onnx":
+        return exported
+    sparse_path = exported.path.with_name(f"{exported.path.stem}.sparse.onnx")
+    stored = store_sparse_file(exported.path, sparse_path)
+    if not stored.tensors:
+        return exported
+    dense, sparse = _logits(exported.path, x_check), _logits(sparse_path, x_check)
+    if not np.array_equal(dense, sparse):
+        notes.append(f"sparse weight storage not used: onnxruntime's outputs changed by up to "
+                     f"{float(np.abs(dense - sparse).max()):.3g} on {len(x_check)} test samples ({where})")
+        return exported
+    notes.append(stored.note())
+    return replace(exported, path=sparse_path, parity_extra={**exported.parity_extra, "sparse_storage": {
+        "tensors": stored.tensors, "dense_bytes": stored.dense_bytes, "stored_bytes": stored.stored_bytes,
+        "bitwise_equal_outputs": True}})
 
 
 _CODEBOOK_KINDS = ("cluster", "hash_share")
@@ -236,6 +261,7 @@ def deploy(model: nn.Module, spec: BundleSpec, *, data: Dataset, example_inputs:
         x_check = data.test.x[:PARITY_SAMPLES]
         exported = _export_as(fmt, model, spec, example_inputs, x_check, Path(tmp) / fmt, data, export_plan, stages,
                               notes)
+        exported = _stored_sparse(exported, x_check, notes, where=spec.name)
         final_path, parity, precision = exported.path, exported.parity, exported.precision
         fmt = "tflite" if final_path.suffix == ".tflite" else "onnx"  # qcdq falls back to onnx
         limits = check_limits(final_path, storage_kb=target.memory.storage_kb, ram_kb=target.memory.ram_kb,
@@ -257,6 +283,7 @@ def deploy(model: nn.Module, spec: BundleSpec, *, data: Dataset, example_inputs:
         for extra in more:  # formats the recipe adds: exported, verified, shipped and measured alongside
             other = _export_as(extra, model, spec, example_inputs, x_check, Path(tmp) / extra, data, export_plan,
                                stages, notes)
+            other = _stored_sparse(other, x_check, notes, where=spec.name)
             name = f"model{other.path.suffix}"
             if name in files:
                 continue

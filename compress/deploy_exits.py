@@ -30,6 +30,7 @@ from export.bundle import write_bundle
 from export.errors import ParityError
 from export.measure import compressed_bytes, latency_ms, model_stats
 from export.onnx import check_parity, export_onnx
+from export.quantize import quantize_int8_static
 from export.report import render_markdown
 from export.runtime import open_model, run_all_exits, run_segments
 from export.tflite import check_parity_tflite, export_tflite
@@ -42,8 +43,9 @@ def deploy_exits(model: EarlyExitModel, spec: BundleSpec, *, data: Dataset, exam
     target = spec.target
     notes = [*_stage_notes(stages), f"{len(model.exits)} early exits after {', '.join(model.after)}; exported as "
              f"{len(model.exits) + 1} segments plus a threshold policy in the manifest"]
-    if export_plan is not None and export_plan.quantize:
-        notes.append("ptq_int8 is not applied to segmented exports yet: the segments are fp32")
+    quantize = export_plan is not None and export_plan.quantize == "int8_static"
+    if export_plan is not None and (export_plan.max_loss is not None or export_plan.min_agreement is not None):
+        notes.append("accuracy-aware int8 is not applied to segmented exports: every segment is fully int8")
     fmt = spec.export_formats[0]  # the segments take the target's format; added formats are not made for them
     if len(spec.export_formats) > 1:
         notes.append(f"segmented exports carry one format: {fmt} (not {', '.join(spec.export_formats[1:])})")
@@ -52,6 +54,8 @@ def deploy_exits(model: EarlyExitModel, spec: BundleSpec, *, data: Dataset, exam
     with tempfile.TemporaryDirectory(prefix="edgetier-exits-") as tmp:
         feed = example_inputs[0]
         check = torch.from_numpy(data.test.x[:PARITY_SAMPLES])
+        calib = torch.from_numpy(data.calib.x[:export_plan.calib_samples]) if quantize else None
+        segment_agreement: list[float] = []
         for k, segment in enumerate(segments):
             last = k == len(segments) - 1
             name = f"segment_{k}.{fmt}"
@@ -69,13 +73,35 @@ def deploy_exits(model: EarlyExitModel, spec: BundleSpec, *, data: Dataset, exam
             if not parity.passed:
                 raise ParityError(f"segment {k} differs from PyTorch by {parity.max_abs_diff:.3g}", where=spec.name,
                                   fix="report this model; an operator exports differently from its PyTorch meaning")
+            if quantize:  # each segment calibrated on what the float segments before it hand on
+                path, agree = _int8_segment(path, segment, calib, check.numpy(), export_plan, fmt=fmt, feed=feed)
+                segment_agreement.append(agree)
             seg_macs.append(count_macs(segment, (feed,)))
             with torch.no_grad():
                 if not last:
                     feed, check = segment(feed)[1], segment(check)[1]
+                    calib = segment(calib)[1] if quantize else None
             specs.append({"file": name, "input": inputs, "outputs": outputs})
             files[name] = path
         sessions = [open_model(files[s["file"]], threads=2) for s in specs]
+        precision = "int8" if quantize else "fp32"
+        if quantize:  # the whole int8 chain against the float model, as the device runs it
+            chain = run_all_exits(sessions, specs, data.test.x[:PARITY_SAMPLES])[-1]
+            with torch.no_grad():
+                ref = model(torch.from_numpy(data.test.x[:PARITY_SAMPLES]))
+            agreement = float((chain.argmax(1) == ref.numpy().argmax(1)).mean())
+            need = target.tolerance.quantized_top1_agreement
+            if agreement < need:
+                raise ParityError(f"the int8 segments agree with PyTorch on the final top-1 for {agreement:.1%} of "
+                                  f"{PARITY_SAMPLES} test samples, below the target's {need:.0%}", where=spec.name,
+                                  fix="skip ptq_int8 for this variant, or use another `calibration`")
+            how = "onnxruntime static QDQ" if fmt == "onnx" else "LiteRT PT2E"
+            notes.append(f"segments quantized to int8 ({how}, {export_plan.calibration} calibration, each on the float "
+                         f"features the segments before it hand on): the int8 chain's final top-1 agrees with "
+                         f"PyTorch on {agreement:.1%} of {PARITY_SAMPLES} test samples; each segment's first output "
+                         "(exit logits, then the final logits) alone: "
+                         + ", ".join(f"{a:.1%}" for a in segment_agreement)
+                         + " (an exit's near-ties flip most; its thresholds are calibrated on the int8 chain)")
         policy = model.policy
         val = run_all_exits(sessions, specs, data.val.x)
         try:
@@ -97,8 +123,8 @@ def deploy_exits(model: EarlyExitModel, spec: BundleSpec, *, data: Dataset, exam
         full_macs = int(sum(seg_macs))
         stats = [model_stats(files[s["file"]]) for s in specs]
         estimate = estimate_latency(target, macs=int(metrics["mean_macs"]), weight_bytes=total_bytes,
-                                    activation_bytes=0, precision="fp32") if "fp32" in target.supported_precisions \
-            else None
+                                    activation_bytes=0, precision=precision) \
+            if precision in target.supported_precisions else None
         exits_report = {**metrics, "thresholds": list(cal.thresholds), "criterion": policy["criterion"],
                         "target_accuracy": cal.target_accuracy, "curve": [list(c) for c in cal.curve],
                         "segment_latency_ms": seg_latency, "segment_macs": seg_macs,
@@ -108,24 +134,42 @@ def deploy_exits(model: EarlyExitModel, spec: BundleSpec, *, data: Dataset, exam
         files.update(figures)
         entry = ModelReport(
             name=spec.name, target=target.name, tier=target.tier, runtime="litert" if fmt == "tflite" else "onnxruntime", format=fmt,
-            precision="fp32", bytes=total_bytes, compressed_bytes=sum(compressed_bytes(files[s["file"]]) for s in specs),
+            precision=precision, bytes=total_bytes, compressed_bytes=sum(compressed_bytes(files[s["file"]]) for s in specs),
             params=sum(s["params"] for s in stats), torch_params=count_params(model),
             nonzero_params=count_nonzero(model), macs=int(round(metrics["mean_macs"])),
             accuracy=metrics["accuracy"], torch_accuracy=metrics["final_accuracy"],
             latency_ms=exits_report["expected_latency_ms"], latency_p90_ms=float(cumulative[-1]), latency_threads=1,
             estimated_latency_ms=estimate.ms if estimate else None,
-            parity={"segments": len(specs), "samples": PARITY_SAMPLES}, stages=tuple(stages),
+            parity={"segments": len(specs), "samples": PARITY_SAMPLES,
+                    **({"top1_agreement": agreement, "segment_top1_agreement": segment_agreement} if quantize else {})},
+            stages=tuple(stages),
             notes=tuple(notes + ["macs and latency_ms are means over the test split under the exit policy; "
                                  "latency_p90_ms is the full chain"]), exits=exits_report,
         ).to_dict()
         if figures:
             entry["figures"] = sorted(figures)
-        manifest = _manifest(spec, data, example_inputs, "fp32", export_plan)
-        manifest["model"] = {"format": fmt, "precision": "fp32", "segments": specs}
+        manifest = _manifest(spec, data, example_inputs, precision, export_plan)
+        manifest["model"] = {"format": fmt, "precision": precision, "segments": specs}
         manifest["exits"] = exits
         report = {"recipe": spec.recipe_name, "models": [entry], "notes": list(entry["notes"])}
         write_bundle(out_dir, files=files, manifest=manifest, report=report, report_md=render_markdown(report))
     return entry
+
+
+def _int8_segment(path: Path, segment: torch.nn.Module, calib: torch.Tensor, x_check: np.ndarray,
+                  plan: ExportPlan, *, fmt: str, feed: torch.Tensor) -> tuple[Path, float]:
+    """Segment k in static int8, calibrated on `calib` (its float inputs), and the top-1 agreement of its first
+    output (the exit's logits, or the final logits) with PyTorch on the same float inputs."""
+    out = path.with_name(f"{path.stem}.int8{path.suffix}")
+    if fmt == "tflite":
+        out = export_tflite(segment.eval(), (feed,), out, calib=calib.numpy(), per_channel=plan.per_channel,
+                            calibration=plan.calibration)
+        parity = check_parity_tflite(out, segment, x_check, atol=float("inf"), rtol=float("inf"))
+    else:
+        out = quantize_int8_static(path, out, calib.numpy(), per_channel=plan.per_channel,
+                                   calibration=plan.calibration, activations=plan.activations)
+        parity = check_parity(out, segment, x_check, atol=float("inf"), rtol=float("inf"))
+    return out, parity.top1_agreement
 
 
 def _first_input(sessions: list, specs: list[dict[str, Any]], x: np.ndarray, k: int) -> np.ndarray:

@@ -9,6 +9,9 @@ what was learned — is what this counts:
 
 - a DequantizeLinear counts the elements of the weight it produces (one learned value each,
   however narrow or packed its storage); its scales and zero points are not parameters;
+- a weight stored sparse (`export.sparse_store`: kept values scattered into a default-filled
+  tensor) counts every entry of the tensor it rebuilds, as if stored dense — sparsity is reported
+  separately, as PyTorch's nonzero count;
 - any other float tensor of rank >= 1 in the subgraph counts its elements (plain weights and
   biases, cluster codebooks, hash buckets); integer tensors there are codes, indices and shapes,
   a sparsity-preserving codebook counts its pinned zero entry too (the exporter folds it into
@@ -72,6 +75,10 @@ def learned_params(model: onnx.ModelProto) -> int:
                 total += _numel(t)
             return
         node = producer[name]
+        if node.op_type == "ScatterElements" and name in shapes:  # a weight stored sparse (export.sparse_store):
+            total += shapes[name]  # one learned value per entry of the tensor it rebuilds, as when stored dense
+            counted.update(node.input)
+            return
         if node.op_type == "DequantizeLinear":
             data = node.input[0]
             if data in tensors:

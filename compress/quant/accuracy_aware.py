@@ -103,6 +103,7 @@ def accuracy_aware_int8(
     per_channel: bool = True,
     fallback: bool = True,
     progress: Callable[[str], None] | None = None,
+    activations: str = "int8",
 ) -> AccuracyAwareResult:
     """Quantize `fp32_path` to int8 at `dst`, falling back layers to fp32 until the bound holds on `val_x`.
 
@@ -130,7 +131,7 @@ def accuracy_aware_int8(
     say = progress or (lambda _msg: None)
     with Int8Quantizer(fp32_path, calib_x, calibration=calibration) as quantizer:
         tmp = Path(quantizer.cache).parent
-        int8_path = quantizer.write(tmp / "all-int8.onnx", per_channel=per_channel)
+        int8_path = quantizer.write(tmp / "all-int8.onnx", per_channel=per_channel, activations=activations)
         out = _outputs(int8_path, val_x)
         int8_metric = final_metric = measure(out)
         chosen: list[str] = []
@@ -140,14 +141,15 @@ def accuracy_aware_int8(
             units = fallback_units(quantizer.pre, quantizer.nodes)
             errors = {}
             for i, layer in enumerate(quantizer.nodes):
-                trial = quantizer.write(tmp / "trial.onnx", per_channel=per_channel, nodes_to_exclude=units[layer])
+                trial = quantizer.write(tmp / "trial.onnx", per_channel=per_channel, nodes_to_exclude=units[layer],
+                                       activations=activations)
                 errors[layer] = float(np.mean((_outputs(trial, val_x) - ref) ** 2))
                 say(f"sensitivity {i + 1}/{len(quantizer.nodes)}: {layer} -> output MSE {errors[layer]:.3g}")
             for layer in sorted(errors, key=errors.__getitem__):  # lowest error when in fp32 = most sensitive
                 chosen.append(layer)
                 excluded |= set(units[layer])
                 best_path = quantizer.write(tmp / f"fallback-{len(chosen)}.onnx", per_channel=per_channel,
-                                            nodes_to_exclude=sorted(excluded))
+                                            nodes_to_exclude=sorted(excluded), activations=activations)
                 out = _outputs(best_path, val_x)
                 final_metric = measure(out)
                 say(f"fallback {len(chosen)}: {layer} -> {bound.split()[0]} metric {final_metric:.4g}")

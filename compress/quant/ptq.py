@@ -43,6 +43,9 @@ class PTQInt8Config(TechniqueConfig):
                                    "the int8 file loses at most this many points of validation accuracy")
     min_agreement: float | None = Field(None, gt=0, le=1, description="accuracy-aware without labels: until "
                                         "the int8 file keeps fp32's top-1 answer on this share of validation inputs")
+    activations: Literal["int8", "uint8"] = Field(
+        "int8", description="how the ONNX file stores activations: int8 (onnxruntime's default S8S8) or uint8, which "
+        "onnxruntime on x86 fuses into integer kernels even where a tensor feeds two layers (export.quantize)")
 
     @model_validator(mode="after")
     def _whole_graph_only(self) -> PTQInt8Config:
@@ -63,6 +66,11 @@ class PTQInt8Config(TechniqueConfig):
                 f"calibration {self.calibration!r} is not available for target {target.name!r}: its {target.runtime} "
                 f"path quantizes with torch.ao observers, which offer {', '.join(allowed)}",
                 fix=f"set calibration to one of {', '.join(allowed)}, or leave it out for the target's default")
+        if self.activations != "int8" and target.runtime != "onnxruntime":
+            raise EdgetierError(
+                f"activations {self.activations!r} choose how onnxruntime's quantizer stores activations; target "
+                f"{target.name!r} exports {target.export_format}, whose int8 path has its own activation type",
+                fix="remove activations for this variant, or export it to an onnxruntime target")
         if (self.max_loss is not None or self.min_agreement is not None) and target.runtime != "onnxruntime" \
                 and not int8_only(target):
             raise EdgetierError(
@@ -86,7 +94,8 @@ class PTQInt8(BaseTechnique):
         report: dict = {
             "artifact": f"int8 {'.tflite via PT2E' if litert else 'QDQ ONNX via onnxruntime.quantization'} (static)",
             "calibration": calibration, "calibration_from": "recipe" if cfg.calibration else "target default",
-            "per_channel": cfg.per_channel, "calib_samples": cfg.calib_samples, "notes": []}
+            "per_channel": cfg.per_channel, "calib_samples": cfg.calib_samples, "activations": cfg.activations,
+            "notes": []}
         if cfg.equalize or cfg.bias_correction:
             from compress.quant.equalize import bias_correct, equalize
 
@@ -107,5 +116,5 @@ class PTQInt8(BaseTechnique):
                 "measured and reported but only calibration / equalization / bias correction can meet it")
         plan = ExportPlan(quantize="int8_static", per_channel=cfg.per_channel, calib_samples=cfg.calib_samples,
                           calibration=calibration, max_loss=cfg.max_loss, min_agreement=cfg.min_agreement,
-                          fallback=fallback)
+                          fallback=fallback, activations=cfg.activations)
         return Result(model, report, export=plan)

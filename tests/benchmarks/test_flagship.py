@@ -12,10 +12,12 @@ The test split is 1,600 samples, so one sample is 0.06 pt: per-seed margins of a
 seed noise, which is why the accuracy bars hold for the mean of three seeds. Runs for ~30-45 min
 on 2 cores: `pytest -m benchmark tests/benchmarks/test_flagship.py -s`.
 
-Measured (2026-11-30, one run, a loaded 2-core machine): end 108.8-120.3x smaller, -0.23 pt mean
-(-0.44..-0.06); edge 20.26x smaller, +0.19 pt mean (0.00..+0.50), latency 0.26-0.40x the cloud
-model's — the one bar missed (onnxruntime's QDQ int8 on this AVX2 host is not much faster than
-fp32); cascade 97.5 % answered on the end tier, +0.13 pt, mean simulated latency 0.021x cloud-only.
+Measured (2026-11-30, one run, 33.6 min, a loaded 2-core machine; edge with uint8 activations): end
+108.8-120.3x smaller, -0.23 pt mean (-0.44..-0.06); edge 20.28x smaller, -0.15 pt mean (-0.31..+0.06),
+latency 0.21 / 0.18 / 0.16x the cloud model's (0.088-0.102 ms against 0.49-0.54 ms); cascade 97.5 %
+answered on the end tier, +0.08 pt, mean simulated latency 0.023x cloud-only. All bars met. (The run
+before, with int8 activations, missed the edge latency bar at 0.26-0.40x: onnxruntime fused only 3 of
+the 10 convolutions, see `export/quantize.py`; its edge accuracy was +0.19 pt mean.)
 """
 
 from __future__ import annotations

@@ -6,6 +6,11 @@ Every accuracy, size and latency is measured on the exported ONNX file through t
 own `deploy` (the `measure` fixture helper). Latency ratios come from dense and pruned files
 timed alternately in the same process, several rounds each, median of the rounds' medians: the
 CPU is shared, so one-shot timings are noisy.
+
+Sparse storage (issue 14, measured 2026-11-30, `-k unstructured`, one run): at 90 % global sparsity the
+ONNX file stores kept values + 1-byte gaps (`export.sparse_store`): 79,997 B against the dense file's
+551,666 B (14.5 %), DEFLATE of it 64,267 B; outputs bit-identical to the dense file's in onnxruntime;
+latency 0.128 vs 0.182 ms (dense weights rebuilt at load; the gap is load noise, not a gain).
 """
 
 from __future__ import annotations
@@ -74,9 +79,12 @@ def test_unstructured_90_percent_global_gradual(fresh_dense, mnist1d, dense_entr
           f"{dense['bytes']}), DEFLATE {dense['compressed_bytes']} -> {sparse['compressed_bytes']} bytes "
           f"({storage:.1%} of dense compressed, {sparse['compressed_bytes'] / dense['bytes']:.1%} of the dense file), "
           f"accuracy {dense['accuracy']:.2%} -> {sparse['accuracy']:.2%} (drop {drop * 100:.2f} pt), latency "
-          f"{dense['latency_ms']:.4f} / {sparse['latency_ms']:.4f} ms (no gain expected)")
+          f"{dense['latency_ms']:.4f} / {sparse['latency_ms']:.4f} ms (no gain expected); file stored sparse "
+          f"{sparse['bytes'] / dense['bytes']:.1%} of dense")
     assert result.report["sparsity"] == pytest.approx(0.9, abs=1e-4)
     assert storage <= 0.3
+    # the file itself, as onnxruntime loads it: kept values + 1-byte gaps (export.sparse_store), 10 % x 5 B of 4 B
+    assert sparse["bytes"] <= 0.3 * dense["bytes"]
     assert drop <= 0.02
 
 

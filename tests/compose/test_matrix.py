@@ -25,7 +25,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 SHARING = {"cluster", "hash_share"}
 # the orders recipes/flagship.yaml chains, and pruning around exits (once refused): in the default suite
 FLAGSHIP = [("distill", "structured_prune"), ("structured_prune", "mixed_precision"), ("structured_prune", "ptq_int8"),
-            ("distill", "mixed_precision"), ("structured_prune", "early_exit"), ("early_exit", "structured_prune")]
+            ("distill", "mixed_precision"), ("structured_prune", "early_exit"), ("early_exit", "structured_prune"),
+            ("early_exit", "ptq_int8")]
 PAIRS = [(a, b) for a in KINDS for b in KINDS]
 WORKS = [p for p in PAIRS if refusal(*p) is None and not (p[0] in SHARING and p[1] in SHARING)]
 REFUSED = [p for p in PAIRS if refusal(*p) is not None]

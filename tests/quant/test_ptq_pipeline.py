@@ -33,3 +33,30 @@ def test_int8_only_target_reports_no_fallback():
                                                             target=load_target("coral_edgetpu")))
     assert result.export.fallback is False and result.export.calibration == "mse"
     assert any("runs int8 only" in note for note in result.report["notes"])
+
+
+def test_uint8_activations_reach_the_export_plan():
+    import torch
+
+    from compress.core.context import Context
+    from compress.quant.ptq import PTQInt8, PTQInt8Config
+    from compress.targets import load_target
+
+    result = PTQInt8(PTQInt8Config(activations="uint8")).apply(
+        torch.nn.Linear(4, 2), Context(example_inputs=(torch.zeros(1, 4),), target=load_target("jetson_orin_nano")))
+    assert result.export.activations == "uint8" and result.report["activations"] == "uint8"
+    assert result.export.to_dict()["activations"] == "uint8"
+    assert PTQInt8Config().activations == "int8"  # the default stays onnxruntime's S8S8
+
+
+def test_uint8_activations_refused_for_litert_at_load(tiny_recipe, write_recipe):
+    import pytest
+
+    from compress.core.errors import RecipeError
+
+    tiny_recipe["stages"] = [{"name": "q", "kind": "ptq_int8", "with": {"activations": "uint8"}}]
+    tiny_recipe["variants"] = {"end": {"target": "rpi4"}}
+    path = write_recipe(tiny_recipe)
+    with pytest.raises(RecipeError, match="activations 'uint8' choose how onnxruntime's quantizer") as err:
+        compress.load_recipe(path)
+    assert str(path) in str(err.value) and err.value.fix
