@@ -61,10 +61,28 @@ def deploy_adapted(model: nn.Module, spec: BundleSpec, *, data: Dataset, example
                     tokenizer=tokenizer, labels=data.labels)
     report = json.loads((out_dir / "report.json").read_text(encoding="utf-8"))
     entry = report["models"][0]
-    entry["stages"] = [s.to_dict() for s in stages]
+    entry["stages"] = [_as_exported(s.to_dict(), entry.get("int8_method")) for s in stages]
     if data.num_classes:
         entry["accuracy"] = float((bundle.predict(data.test.x).argmax(1) == data.test.y).mean())
     return entry
+
+
+def _as_exported(stage: dict[str, Any], method: str | None) -> dict[str, Any]:
+    """A ptq_int8 stage's summary as the export carried it out. The stage plans static int8 (QDQ,
+    calibrated); `compress.export` chooses per graph and quantizes a MatMul-heavy graph (a
+    transformer) with onnxruntime dynamic int8 instead, which calibrates nothing.
+
+    >>> stage = {"kind": "ptq_int8", "summary": {"artifact": "int8 QDQ ONNX (static)", "calibration": "minmax"}}
+    >>> _as_exported(stage, "onnxruntime dynamic")["summary"]["calibration"] is None
+    True
+    """
+    if stage.get("kind") != "ptq_int8" or not method or "dynamic" not in method:
+        return stage
+    summary = {**stage["summary"], "artifact": f"int8 ONNX by {method}: weights int8 per output channel, "
+               "activations quantized per batch at run time (dynamic)", "calibration": None,
+               "calibration_from": "none: dynamic int8 measures each batch's activation range at run time",
+               "calib_samples": 0}
+    return {**stage, "summary": summary}
 
 
 def _tokenizer_of(model: nn.Module) -> Path | None:

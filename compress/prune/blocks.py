@@ -8,8 +8,10 @@ Hugging Face BERT reloads (its config cannot express fewer heads of the same siz
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -63,10 +65,16 @@ def apply_blocks(model: nn.Module, example: tuple[torch.Tensor, ...], ctx: Conte
     names = {m: n for n, m in model.named_modules()}
     mlp_layers = [names[m] for m in blocks.mlp]
     widths0 = {n: modules[n].out_features for n in mlp_layers}
+    reference = copy.deepcopy(model).eval() if config.reconstruct else None
+    inputs0 = {n: m.in_features for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     for _ in range(config.steps):
         prune_step(pruner, model, example, where=where, grads=grads, after_group=lambda: sync_heads(model, mlp_layers))
     config_now = sync_heads(model, mlp_layers)
     model.eval()
+    refit = None
+    if reference is not None:
+        narrowed = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.in_features < inputs0[n]]
+        refit = _reconstruct(model, reference, narrowed, ctx, samples=config.reconstruct, where=where)
     params1, macs1 = count_params(model), count_macs(model, example)
     report = {
         "heads": heads, "mlp": mlp, "importance": config.importance, "steps": config.steps,
@@ -77,6 +85,8 @@ def apply_blocks(model: nn.Module, example: tuple[torch.Tensor, ...], ctx: Conte
         "params": [params0, params1], "macs": [macs0, macs1], "macs_fraction": round(macs1 / macs0, 4),
         "params_fraction": round(params1 / params0, 4),
     }
+    if refit is not None:
+        report["reconstruct"] = {"samples": config.reconstruct, "relative_error": refit}
     return Result(model, report, state={"history": history(pruner), "mlp_layers": mlp_layers})
 
 
@@ -101,3 +111,22 @@ def _taylor(model: nn.Module, ctx: Context, *, batches: int, where: str):
         model.train(was_training)
 
     return grads
+
+
+def _reconstruct(model: nn.Module, reference: nn.Module, layers: list[str], ctx: Context, *, samples: int,
+                 where: str) -> dict[str, list[float]]:
+    """Least-squares refit of `layers` on `samples` train rows (`compress.prune.reconstruct`)."""
+    from compress.core.train import batch_fields
+    from compress.prune.reconstruct import refit_linears
+
+    data = require_data(ctx, why="reconstruct refits layers on train inputs", where=f"{where}.reconstruct")
+    x = data.train.x
+    rows = np.random.default_rng(ctx.seed).permutation(len(x))[:samples]
+    batches, masks = [], []
+    for start in range(0, len(rows), 32):
+        idx = torch.from_numpy(np.sort(rows[start:start + 32]))
+        fields = batch_fields(x, idx) if x.dtype.names else (torch.from_numpy(x[idx.numpy()]),)
+        names = x.dtype.names or ("input",)
+        batches.append(fields)
+        masks.append(fields[names.index("attention_mask")] if "attention_mask" in names else None)
+    return refit_linears(model, reference, layers, batches, masks=masks)

@@ -81,6 +81,9 @@ class StructuredPruneConfig(TechniqueConfig):
     taylor_batches: int = Field(8, ge=1, le=10_000, description="taylor: train batches whose gradients score the channels")
     channel_multiple: int | None = Field(None, ge=1, le=1024, description="round kept channels to multiples of this; "
                                          "default: the target's channel_multiple")
+    reconstruct: int = Field(0, ge=0, le=100_000, description="transformers (heads / mlp): train samples on which "
+                             "each layer reading pruned heads or channels is refit by least squares to the unpruned "
+                             "model's outputs (label-free, `compress.prune.reconstruct`); 0: off")
 
     @field_validator("ratio", "macs_ratio", "heads", "mlp")
     @classmethod
@@ -212,6 +215,10 @@ class StructuredPrune(BaseTechnique):
         cfg = self.config
         example = _example(model, ctx)
         kinds = _per_kind(cfg, model)
+        if kinds is None and cfg.reconstruct:
+            raise EdgetierError("reconstruct refits the layers that read pruned attention heads or MLP channels; this "
+                                "model is pruned per layer", where=f"{WHERE}.reconstruct",
+                                fix="remove reconstruct, or prune a transformer with heads / mlp")
         if kinds is not None:
             return apply_blocks(model, example, ctx, heads=kinds[0], mlp=kinds[1], config=cfg, where=WHERE)
         multiple = _multiple(cfg, ctx.target)

@@ -34,9 +34,37 @@ tolerance atol 1e-4 + rtol 1e-3), top-1 agreement 100 % everywhere —
   ConvNeXt 0.28, 1.9e-6, 9.5e-7; MobileNetV2 0.31 / 0.27, 9.2e-6, 1.2e-5; ViT 0.52, 9.5e-7, 1.1e-6.
 Digits accuracy after 5 + 2 epochs is not a bar here (60-96 %; MobileNetV2 and ViT barely train
 in that time on 8x8 inputs).
-The recipe test (`test_text_embedding_recipe_edge_and_end_variants`) distils ~560 steps of 32
-sentences: about an hour at this machine's load, not run to completion in the session that wrote
-it (a 1-epoch smoke run of the same recipe went through: edge cosine 0.992, end bundles written).
+The recipe test (`test_text_embedding_recipe_edge_and_end_variants`), run to completion
+2026-11-30 05:58-06:15 UTC (16.5 min, OMP_NUM_THREADS=1, load 5-7 on the 2 shared cores; recipe at
+commit 5167b3d: 8,000 package-docstring sentences, prune with `reconstruct: 512`, one cosine-decayed
+distillation pass of 188 steps over 6,000 of them; held-out: 300 stdlib docstrings):
+- edge int8: cosine 0.9920, top-1 neighbour agreement 88.3 %, file 0.253x (22.8 / 90.4 MB),
+  batch-1 latency 12.35 / 25.52 ms = 0.48x — bars met;
+- end (25 % heads, 50 % MLP, 0.59x MACs, int8): cosine 0.8630, neighbour agreement 65.3 %,
+  file 0.203x, latency 8.26 / 25.52 ms = 0.32x — both end bars missed (>= 0.92, <= 0.3x).
+What limits the end variant: the pruned model's distance to the original, and compute. Plain l2
+pruning keeps cosine 0.62; the least-squares refit (`reconstruct`) lifts it to 0.84 with no
+training; distillation then gains slowly (exploration, lr 2e-4 decaying over 300 steps, cosine on the
+pooled embedding + all six blocks: 0.857 after 50 steps, 0.865 after 100; the pooled embedding
+alone: 0.852 after 50). Without the refit, 300 steps from 0.62 reached 0.8745 fp32 / 0.871 int8.
+Its latency is 0.59x MACs times the int8 speed-up: 8.26 / 12.35 ms = 0.67x of the edge variant.
+Second complete run, 06:20-06:46 UTC (25.7 min, load 2.4-6; the recipe as committed now: all 11,514
+sentences, two distillation passes = 540 steps over 8,636): edge cosine 0.9920, agreement 88.3 %,
+file 0.253x, latency 8.44 / 15.94 ms = 0.53x (missed in this run); end cosine 0.8821, agreement
+70.0 %, file 0.203x, latency 6.25 / 15.94 ms = 0.39x. The latency ratios move with the machine's
+load between runs (edge 0.455-0.53x over four measurements today; the fp32 baseline gained more
+than int8 when the load dropped), so the 0.5x bar is not reliably met on this shared CPU.
+
+Edge latency, what onnxruntime runs (1.32, AVX2 without VNNI, 1 thread): after the transformer
+fusion and session-load optimization the int8 graph is 1 QEmbedLayerNormalization, 6 QAttention,
+18 DynamicQuantizeMatMul (MatMulInteger + Cast + Mul fused at load), 12 SkipLayerNormalization and
+6 Gelu; float is left in the attention scores / softmax inside QAttention, the LayerNorms, Gelu
+and the pooling. Kernel-time profile over 100 runs: fp32 22.4 ms (MatMul 78 %), int8 9.4 ms
+(DynamicQuantizeMatMul 51 %, QAttention 24 %, SkipLayerNorm 12 %, BiasGelu 7 %) = 0.42x; wall
+time, alternating, 0.455x at load ~3.5 and 0.481x at load ~9 (the fixed per-run cost weighs more
+when the cores are contended). Weights are u8s8 (the AVX2 fast path, vpmaddubsw); per-tensor
+weights time 0.468x but keep cosine 0.964 (< 0.98). Gelu as FastGelu (tanh form): 0.452x vs 0.481x
+in the same run at the same cosine (0.9922): now the default of `fuse_transformer`.
 """
 
 from __future__ import annotations

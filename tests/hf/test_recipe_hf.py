@@ -53,8 +53,14 @@ def test_text_embedding_recipe_with_a_tiny_bert(tmp_path):
     # the end variant: a quarter of the heads and half the MLP channels gone, distilled without labels, int8
     run = tmp_path / "runs" / "text-embedding"
     cloud, _, report = json.loads((run / "report.json").read_text())["models"]
-    prune, distill, _ = report["stages"]
+    prune, distill, quantize = report["stages"]
     assert prune["summary"]["heads_kept"] == [6, 8]
+    # the layers reading the pruned heads / channels were refit to the unpruned model's outputs
+    refit = prune["summary"]["reconstruct"]["relative_error"]
+    assert len(refit) == 4 and all(after < before for before, after in refit.values())
+    # the quantize stage says what the export did: dynamic int8, nothing calibrated (not "static, minmax")
+    assert "dynamic" in quantize["summary"]["artifact"] and "static" not in quantize["summary"]["artifact"]
+    assert quantize["summary"]["calibration"] is None and quantize["summary"]["calib_samples"] == 0
     assert prune["summary"]["config"] == {"num_attention_heads": 3, "head_dim": 8, "intermediate_size": 32}
     assert distill["kind"] == "feature_distill" and distill["val_accuracy"] is None  # no labels, no accuracy
     assert report["precision"] == "int8" and report["torch_params"] < cloud["torch_params"]
