@@ -68,7 +68,7 @@ def load_photo(name: str) -> torch.Tensor:
         raise ValueError(f"unknown photo {name!r}; known: {sorted(_SKIMAGE_FILES)} and sklearn:china, sklearn:flower")
     if pixels.ndim == 2:
         pixels = np.repeat(pixels[..., None], 3, axis=-1)
-    return torch.from_numpy(np.ascontiguousarray(pixels[..., :3])).permute(2, 0, 1).float() / 255.0
+    return torch.from_numpy(np.array(pixels[..., :3], np.uint8)).permute(2, 0, 1).float() / 255.0
 
 
 def photo_views(names: tuple[str, ...], per_photo: int, *, size: int = 224, seed: int = 0,
