@@ -80,6 +80,16 @@ def mse_range(hist: np.ndarray, edges: np.ndarray, *, levels: int = 256, steps: 
     return float(a[best, 0]), float(b[best, 0])
 
 
+def _even_batch(n: int, batch_size: int) -> int:
+    """The largest batch size <= `batch_size` that divides `n`: onnxruntime's histogram calibrators stack the
+    per-batch outputs with `np.asarray`, which fails on a shorter last batch (130 inputs in batches of 64).
+
+    >>> _even_batch(130, 64), _even_batch(128, 64), _even_batch(7, 64)
+    (26, 64, 7)
+    """
+    return next(b for b in range(min(batch_size, n), 0, -1) if n % b == 0)
+
+
 def calibrate(
     model_path: str | os.PathLike[str],
     input_name: str,
@@ -116,6 +126,8 @@ def calibrate(
         # onnxruntime's defaults (128 bins, 128 quantized bins) leave the KL search one candidate, the full
         # range, i.e. MinMax; TensorRT's 2048 bins searched in steps of the int8 grid make it a real search
         extra = {"num_bins": _MSE_BINS, "num_quantized_bins": 128}
+    if method != "minmax":
+        batch_size = _even_batch(len(calib_x), batch_size)
     with tempfile.TemporaryDirectory(prefix="edgetier-calib-") as tmp:
         calibrator = create_calibrator(Path(model_path), None, augmented_model_path=str(Path(tmp) / "aug.onnx"),
                                        calibrate_method=_ORT_METHOD[method], extra_options=extra)

@@ -5,7 +5,8 @@ ONNX, PT2E for LiteRT, with activation ranges from the stage's `calibration` (Mi
 entropy or MSE; `compress.quant.calibration` has the default per target). That is what the
 runtime executes, so that is what gets smaller. `apply` only runs the label-free transforms that
 prepare the PyTorch model for it (cross-layer equalization, bias correction,
-`compress.quant.equalize`) and hands the exporter an `ExportPlan`; with `max_loss` /
+`compress.quant.equalize`; learned rounding, `compress.quant.learned_round`, whose int8 weights the
+exporter's quantizer keeps as they are) and hands the exporter an `ExportPlan`; with `max_loss` /
 `min_agreement` the exporter keeps the most sensitive layers in fp32 until the bound holds
 (`compress.quant.accuracy_aware`), except on int8-only targets, which cannot run fp32 layers.
 """
@@ -39,6 +40,8 @@ class PTQInt8Config(TechniqueConfig):
         None, description="activation ranges: minmax, percentile, entropy or mse; default: the target's")
     equalize: bool = Field(False, description="cross-layer equalization of Conv/Linear pairs joined by ReLU")
     bias_correction: bool = Field(False, description="remove the mean output shift weight rounding causes")
+    learned_rounding: bool = Field(False, description="AdaRound: choose each int8 weight's rounding to keep every "
+                                   "layer's output on the calibration inputs (no labels); BatchNorm is folded first")
     max_loss: float | None = Field(None, ge=0, le=100, description="accuracy-aware: keep layers in fp32 until "
                                    "the int8 file loses at most this many points of validation accuracy")
     min_agreement: float | None = Field(None, gt=0, le=1, description="accuracy-aware without labels: until "
@@ -71,6 +74,11 @@ class PTQInt8Config(TechniqueConfig):
                 f"activations {self.activations!r} choose how onnxruntime's quantizer stores activations; target "
                 f"{target.name!r} exports {target.export_format}, whose int8 path has its own activation type",
                 fix="remove activations for this variant, or export it to an onnxruntime target")
+        if self.learned_rounding and target.runtime != "onnxruntime":
+            raise EdgetierError(
+                f"learned_rounding is checked to survive onnxruntime's int8 quantizer only (its weights are written "
+                f"on that grid); target {target.name!r} exports {target.export_format} through PT2E",
+                fix="remove learned_rounding for this variant, or export it to an onnxruntime target")
         if (self.max_loss is not None or self.min_agreement is not None) and target.runtime != "onnxruntime" \
                 and not int8_only(target):
             raise EdgetierError(
@@ -96,18 +104,27 @@ class PTQInt8(BaseTechnique):
             "calibration": calibration, "calibration_from": "recipe" if cfg.calibration else "target default",
             "per_channel": cfg.per_channel, "calib_samples": cfg.calib_samples, "activations": cfg.activations,
             "notes": []}
-        if cfg.equalize or cfg.bias_correction:
+        if cfg.equalize or cfg.bias_correction or cfg.learned_rounding:
             from compress.quant.equalize import bias_correct, equalize
 
             if ctx.data is None:
-                raise EdgetierError("equalize / bias_correction need calibration inputs", where="ptq_int8",
-                                    fix="run the stage with a dataset (the recipe's data)")
+                raise EdgetierError("equalize / bias_correction / learned_rounding need calibration inputs",
+                                    where="ptq_int8", fix="run the stage with a dataset (the recipe's data)")
             calib = ctx.data.calib.x[:cfg.calib_samples]
             if cfg.equalize:
                 model, pairs = equalize(model)
                 report["equalized_pairs"] = len(pairs)
             if cfg.bias_correction:
                 report["bias_corrected_layers"] = len(bias_correct(model, calib, per_channel=cfg.per_channel))
+            if cfg.learned_rounding:  # last: it puts the weights on the int8 grid the exporter keeps
+                from compress.quant.learned_round import learned_rounding
+
+                model, layers = learned_rounding(model, calib, per_channel=cfg.per_channel)
+                report["learned_rounding"] = {
+                    "layers": len(layers), "learned": sum(r.flipped > 0 for r in layers),
+                    "weights_flipped": sum(r.flipped for r in layers) / max(len(layers), 1),
+                    "calib_error_vs_nearest": (sum(r.learned_error for r in layers)
+                                               / max(sum(r.nearest_error for r in layers), 1e-30))}
         bound = cfg.max_loss is not None or cfg.min_agreement is not None
         fallback = bound and not int8_only(ctx.target)
         if bound and not fallback:

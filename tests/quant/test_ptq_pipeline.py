@@ -8,7 +8,8 @@ import compress
 
 def test_ptq_options_in_a_run(tiny_recipe, write_recipe, tmp_path):
     tiny_recipe["stages"][-1]["with"] = {"calib_samples": 64, "calibration": "mse", "equalize": True,
-                                         "bias_correction": True, "min_agreement": 0.9}
+                                         "bias_correction": True, "learned_rounding": True,
+                                         "min_agreement": 0.9}
     tiny_recipe["stages"] = [tiny_recipe["stages"][0], tiny_recipe["stages"][-1]]
     tiny_recipe["variants"] = {"edge": {"target": "jetson_orin_nano"}}
     run = compress.run(compress.load_recipe(write_recipe(tiny_recipe)), out_dir=tmp_path / "runs")
@@ -16,6 +17,7 @@ def test_ptq_options_in_a_run(tiny_recipe, write_recipe, tmp_path):
     summary = edge["stages"][-1]["summary"]
     assert summary["calibration"] == "mse" and summary["calibration_from"] == "recipe"
     assert summary["equalized_pairs"] >= 1 and summary["bias_corrected_layers"] >= 2
+    assert summary["learned_rounding"]["layers"] >= 2
     search = edge["parity"]["accuracy_aware"]
     assert search["bound"] == "min_agreement 90 %" and search["met"]
     assert edge["parity"]["calibration"] == "mse" and edge["precision"] == "int8"
@@ -60,3 +62,15 @@ def test_uint8_activations_refused_for_litert_at_load(tiny_recipe, write_recipe)
     with pytest.raises(RecipeError, match="activations 'uint8' choose how onnxruntime's quantizer") as err:
         compress.load_recipe(path)
     assert str(path) in str(err.value) and err.value.fix
+
+
+def test_learned_rounding_is_refused_where_its_integers_are_not_checked_to_survive():
+    import pytest
+
+    from compress.core.errors import EdgetierError
+    from compress.quant.ptq import PTQInt8Config
+    from compress.targets import load_target
+
+    with pytest.raises(EdgetierError, match="learned_rounding"):
+        PTQInt8Config(learned_rounding=True).check_target(load_target("stm32h7"))
+    PTQInt8Config(learned_rounding=True).check_target(load_target("jetson_orin_nano"))
