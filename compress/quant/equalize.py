@@ -14,13 +14,40 @@ equalization (CLE) and bias correction (Nagel et al. 2019, "Data-Free Quantizati
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["bias_correct", "equalize", "quantize_weight"]
+__all__ = ["bias_correct", "equalize", "feed_with_hooks", "quantize_weight"]
 
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+def feed_with_hooks(model: nn.Module, hooks: dict[nn.Module, Callable[..., None]], calib_x: np.ndarray, *,
+                    batch_size: int) -> None:
+    """Run `calib_x` through `model` in eval mode, without gradients, with `hooks` as forward pre-hooks on their
+    modules; the hooks are removed and the training flag restored afterwards, even on error.
+
+    >>> seen = []
+    >>> m = nn.Sequential(nn.Linear(3, 2))
+    >>> feed_with_hooks(m, {m[0]: lambda _m, args: seen.append(args[0].shape[0])}, np.zeros((5, 3)), batch_size=2)
+    >>> seen, len(m[0]._forward_pre_hooks)
+    ([2, 2, 1], 0)
+    """
+    handles = [module.register_forward_pre_hook(hook) for module, hook in hooks.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            xs = torch.from_numpy(np.asarray(calib_x, np.float32))
+            for i in range(0, len(xs), batch_size):
+                model(xs[i:i + batch_size])
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
 
 
 def equalize(model: nn.Module, *, iterations: int = 20) -> tuple[nn.Module, list[tuple[str, ...]]]:
@@ -99,18 +126,7 @@ def bias_correct(model: nn.Module, calib_x: np.ndarray, *, per_channel: bool = T
             count[name] = count.get(name, 0) + int(np.prod([x.shape[d] for d in dims]))
         return record
 
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            xs = torch.from_numpy(np.asarray(calib_x, np.float32))
-            for i in range(0, len(xs), batch_size):
-                model(xs[i:i + batch_size])
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    feed_with_hooks(model, {m: hook(n) for n, m in layers.items()}, calib_x, batch_size=batch_size)
     corrected = []
     with torch.no_grad():
         for name, layer in layers.items():

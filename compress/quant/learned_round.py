@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress.quant.equalize import quantize_weight
+from compress.quant.equalize import feed_with_hooks, quantize_weight
 
 __all__ = ["LayerRounding", "fold_batchnorm", "gram_matrices", "learn_rounding", "learned_rounding"]
 
@@ -130,18 +130,7 @@ def gram_matrices(model: nn.Module, calib_x: np.ndarray, *,
             counts[name] = counts.get(name, 0) + cols.shape[1]
         return record
 
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            xs = torch.from_numpy(np.asarray(calib_x, np.float32))
-            for i in range(0, len(xs), batch_size):
-                model(xs[i:i + batch_size])
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    feed_with_hooks(model, {m: hook(n) for n, m in layers.items()}, calib_x, batch_size=batch_size)
     return {name: (sums[name] / counts[name], counts[name]) for name in sums}
 
 
