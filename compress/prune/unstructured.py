@@ -42,7 +42,7 @@ from compress.prune.masks import (
 )
 
 WHERE = "unstructured_prune"
-EXPORT_NOTE = ("unstructured sparsity runs dense in the runtime: latency does not drop; the storage gain shows in "
+EXPORT_NOTE = ("unstructured sparsity runs dense: onnxruntime latency does not drop; the storage gain shows in "
                "the ONNX file (sparse weights stored as kept values + gaps) and in compressed_bytes (DEFLATE of the "
                "exported file, as Deep Compression reports storage after encoding)")
 
