@@ -6,7 +6,8 @@ others, so the sum can rank a worse allocation first (issue 14: a 2/4/8 mix chos
 loss deltas reached 94.2 % where uniform 4-bit reached 97.4 % at the same size). So the stage
 never trusts the sum alone:
 
-1. candidates, all within the budget: the best *uniform* width that fits, the sensitivity
+1. candidates, all within the budget: the best *uniform* width that fits (`mixed_precision`'s
+   `uniform` says whether widths between those of `bits` count), the sensitivity
    optimum, and a few more points of the sensitivity–cost Pareto curve nearest the budget;
 2. each is applied to a copy of the model exactly as the stage would apply it, measured jointly
    (output KL of the whole quantized model on validation, and its validation accuracy), then
@@ -59,9 +60,9 @@ def uniform(options: Options, capacity: float) -> Allocation | None:
 
 
 def candidates(optimum: Allocation, curve: list[Allocation], options: Options, capacity: float, *,
-               extra: int) -> list[Candidate]:
-    """Uniform first, then the sensitivity optimum, then up to `extra` Pareto points within budget, dearest first;
-    duplicates dropped.
+               extra: int, flat: Allocation | None = None) -> list[Candidate]:
+    """Uniform first (`flat`, else `uniform(options, capacity)`), then the sensitivity optimum, then up to `extra`
+    Pareto points within budget, dearest first; duplicates dropped.
 
     >>> opts = {"a": {2: (1.0, 0.5), 8: (4.0, 0.0)}, "b": {2: (2.0, 0.1), 8: (8.0, 0.0)}}
     >>> best = Allocation({"a": 8, "b": 2}, 6.0, 0.1)
@@ -76,7 +77,7 @@ def candidates(optimum: Allocation, curve: list[Allocation], options: Options, c
             seen.add(tuple(allocation.bits.items()))
             found.append(Candidate(name, allocation))
 
-    flat = uniform(options, capacity)
+    flat = flat or uniform(options, capacity)
     add(f"uniform {next(iter(flat.bits.values()))}-bit" if flat else "", flat)
     add("sensitivity optimum", optimum)
     before = len(found)

@@ -112,3 +112,19 @@ def test_latency_budget_uses_the_targets_throughput(model, ctx, int4_target):
     # with 4-bit activations a 4-bit layer runs at the int4 rate (2x int8): all-4-bit is the fastest point
     assert curve[0]["layers_per_bits"] == {"4": 10} and curve[0]["latency_ms"] < curve[-1]["latency_ms"]
     assert result.report["chosen"]["latency_ms"] <= 1.0
+
+
+@pytest.mark.parametrize(("uniform", "width"), [("range", 3), ("listed", 2)])
+def test_the_uniform_candidate_is_the_widest_width_that_fits(model, ctx, uniform, width):
+    # avg_bits 3 with bits [2, 4, 8]: uniform 3-bit fits (what qat at weight_bits 3 gives under this budget) and is
+    # the baseline by default; `uniform: listed` keeps the baseline to the widths of `bits`
+    config = MixedPrecisionConfig(bits=[2, 4, 8], budget={"avg_bits": 3}, uniform=uniform, pareto_points=4,
+                                  trials=0, trial_epochs=0)
+    report = MixedPrecision(config).apply(model, ctx).report
+    first = report["candidates"][0]
+    assert first["name"] == f"uniform {width}-bit" and first["avg_bits"] == width
+    assert first["layers_per_bits"] == {str(width): 10}
+    # the allocation itself draws only from `bits`; the 3-bit sensitivity is measured (reported) only for the baseline
+    assert report["sensitivity_optimum"]["layers_per_bits"].keys() <= {"2", "4", "8"}
+    assert all(("3" in v["output_kl_measured"]) == (width == 3) for v in report["layers"].values())
+    assert all(set(v["sensitivity"]) == {"2", "4", "8"} for v in report["layers"].values())
