@@ -33,6 +33,7 @@ from export.onnx import check_parity, export_onnx
 from export.quantize import quantize_int8_static
 from export.report import render_markdown
 from export.runtime import open_model, run_all_exits, run_segments
+from export.sparse_store import store_sparse_file
 from export.tflite import check_parity_tflite, export_tflite
 
 
@@ -56,6 +57,7 @@ def deploy_exits(model: EarlyExitModel, spec: BundleSpec, *, data: Dataset, exam
         check = torch.from_numpy(data.test.x[:PARITY_SAMPLES])
         calib = torch.from_numpy(data.calib.x[:export_plan.calib_samples]) if quantize else None
         segment_agreement: list[float] = []
+        sparse = {"tensors": 0, "dense_bytes": 0, "stored_bytes": 0, "segments": []}
         for k, segment in enumerate(segments):
             last = k == len(segments) - 1
             name = f"segment_{k}.{fmt}"
@@ -76,6 +78,8 @@ def deploy_exits(model: EarlyExitModel, spec: BundleSpec, *, data: Dataset, exam
             if quantize:  # each segment calibrated on what the float segments before it hand on
                 path, agree = _int8_segment(path, segment, calib, check.numpy(), export_plan, fmt=fmt, feed=feed)
                 segment_agreement.append(agree)
+            if fmt == "onnx":
+                path = _sparse_segment(path, inputs, check.numpy(), sparse)
             seg_macs.append(count_macs(segment, (feed,)))
             with torch.no_grad():
                 if not last:
@@ -102,6 +106,11 @@ def deploy_exits(model: EarlyExitModel, spec: BundleSpec, *, data: Dataset, exam
                          "(exit logits, then the final logits) alone: "
                          + ", ".join(f"{a:.1%}" for a in segment_agreement)
                          + " (an exit's near-ties flip most; its thresholds are calibrated on the int8 chain)")
+        if sparse["tensors"]:
+            notes.append(f"sparse weights stored sparse in segment(s) {', '.join(map(str, sparse['segments']))}: "
+                         f"{sparse['tensors']} tensor(s), {sparse['dense_bytes']:,} -> {sparse['stored_bytes']:,} B "
+                         "(kept values + uint8 gaps, rebuilt in the graph; onnxruntime's outputs bit-identical to the "
+                         "dense segments')")
         policy = model.policy
         val = run_all_exits(sessions, specs, data.val.x)
         try:
@@ -141,7 +150,8 @@ def deploy_exits(model: EarlyExitModel, spec: BundleSpec, *, data: Dataset, exam
             latency_ms=exits_report["expected_latency_ms"], latency_p90_ms=float(cumulative[-1]), latency_threads=1,
             estimated_latency_ms=estimate.ms if estimate else None,
             parity={"segments": len(specs), "samples": PARITY_SAMPLES,
-                    **({"top1_agreement": agreement, "segment_top1_agreement": segment_agreement} if quantize else {})},
+                    **({"top1_agreement": agreement, "segment_top1_agreement": segment_agreement} if quantize else {}),
+                    **({"sparse_storage": {**sparse, "bitwise_equal_outputs": True}} if sparse["tensors"] else {})},
             stages=tuple(stages),
             notes=tuple(notes + ["macs and latency_ms are means over the test split under the exit policy; "
                                  "latency_p90_ms is the full chain"]), exits=exits_report,
@@ -170,6 +180,24 @@ def _int8_segment(path: Path, segment: torch.nn.Module, calib: torch.Tensor, x_c
                                    calibration=plan.calibration, activations=plan.activations)
         parity = check_parity(out, segment, x_check, atol=float("inf"), rtol=float("inf"))
     return out, parity.top1_agreement
+
+
+def _sparse_segment(path: Path, input_name: str, x: np.ndarray, sparse: dict[str, Any]) -> Path:
+    """The ONNX segment with its sparse weights stored sparse (`export.sparse_store`), when onnxruntime gives
+    bit-identical outputs (every one: exit logits and features) on `x`; else the dense segment."""
+    stored_path = path.with_name(f"{path.stem}.sparse.onnx")
+    stored = store_sparse_file(path, stored_path)
+    if not stored.tensors:
+        return path
+    dense = open_model(path, threads=2).run(None, {input_name: x})
+    rebuilt = open_model(stored_path, threads=2).run(None, {input_name: x})
+    if not all(np.array_equal(a, b) for a, b in zip(dense, rebuilt, strict=True)):
+        return path
+    sparse["tensors"] += stored.tensors
+    sparse["dense_bytes"] += stored.dense_bytes
+    sparse["stored_bytes"] += stored.stored_bytes
+    sparse["segments"].append(int(path.stem.split("_")[-1]))
+    return stored_path
 
 
 def _first_input(sessions: list, specs: list[dict[str, Any]], x: np.ndarray, k: int) -> np.ndarray:

@@ -21,6 +21,7 @@ NAS = {"strategy": "random", "trials": 2, "batch": 2, "finalists": 1, "final_epo
 STAGES: dict[str, tuple[dict[str, Any], int]] = {
     "finetune": ({}, 1),
     "distill": ({"temperature": 4, "alpha": 0.5}, 1),
+    "feature_distill": ({"loss": "mse"}, 1),  # the prediction (logits) only: layer names change under early_exit
     "early_exit": ({"after": ["layer1"]}, 1),
     "nas": (NAS, 0),
     "structured_prune": ({"ratio": 0.5}, 1),
@@ -33,6 +34,7 @@ STAGES: dict[str, tuple[dict[str, Any], int]] = {
     "mixed_precision": ({"bits": [2, 4, 8], "budget": {"avg_bits": 4}, "trials": 0, "trial_epochs": 0,
                          "pareto_points": 2, "sensitivity_samples": 128, "calib_samples": 64}, 1),
     "ptq_int8": ({"calib_samples": 64}, 0),
+    "partition": ({"tiers": ["edge", "cloud"]}, 0),
 }
 
 
