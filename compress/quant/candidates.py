@@ -12,8 +12,18 @@ never trusts the sum alone:
 2. each is applied to a copy of the model exactly as the stage would apply it, measured jointly
    (output KL of the whole quantized model on validation, and its validation accuracy), then
    fine-tuned `trial_epochs` with the stage's own training settings and measured again;
-3. the most accurate on validation is kept; ties go to the earlier candidate, and uniform comes
-   first, so a mix is kept only when it is strictly better on validation.
+3. a mix is kept only when it beats the uniform candidate on validation by more than noise: on
+   the same validation samples, the mix is right where uniform is wrong on `b` samples and wrong
+   where uniform is right on `c`; it counts as better when `b - c > sqrt(b + c)` — one standard
+   error of the paired difference (McNemar's normal approximation) — or, with a fixed `margin`,
+   when its accuracy is higher by more than `margin`. Among the mixes that qualify the most accurate
+   is kept (ties: the earlier); when none does, uniform is kept.
+
+Why the margin (measured, issue 14's benchmark): on the 180 validation digits the candidates differ
+by 0-1 samples, and keeping whichever is one sample ahead swapped uniform for an equivalent mix that
+then lost a sample on the test split (digits avg_bits 4: 98.33 % against uniform 4-bit's 98.43 %;
+MNIST-1D avg_bits 3: 98.08 % against 98.10 %). A choice made on noise costs noise; a simpler uniform
+model is the better default when no mix is measurably better.
 
 The stage then re-applies the kept allocation to the untouched model, so its own training starts
 from the float weights exactly as `qat` does: when uniform is kept, the result *is* uniform QAT.
@@ -24,6 +34,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from math import sqrt
 from typing import Any
 
 import numpy as np
@@ -41,6 +52,7 @@ class Candidate:
     name: str
     allocation: Allocation
     measured: dict[str, Any] = field(default_factory=dict)
+    correct: np.ndarray | None = field(default=None, repr=False)  # per validation sample, after the trial
 
 
 def uniform(options: Options, capacity: float) -> Allocation | None:
@@ -97,15 +109,38 @@ def trial(model: nn.Module, candidate: Candidate, quantize: Callable[[nn.Module,
     candidate.measured["val_accuracy_quantized"] = round(evaluate(quantized, val), 4)
     if spec.epochs > 0:
         fit(quantized, train, spec, seed=seed)
-    candidate.measured["val_accuracy"] = round(evaluate(quantized, val), 4)
+    candidate.correct = logits(quantized, val[0]).argmax(1).numpy() == val[1]
+    candidate.measured["val_accuracy"] = round(float(candidate.correct.mean()), 4)
 
 
-def best(found: list[Candidate]) -> Candidate:
-    """The most accurate on validation; ties go to the earlier candidate (uniform first).
+def better(mix: Candidate, flat: Candidate, margin: float | None) -> bool:
+    """Whether `mix` beats `flat` on validation by more than noise (see the module docstring).
+
+    >>> a = Allocation({"x": 4}, 4.0, 0.1)
+    >>> flat = Candidate("uniform", a, {"val_accuracy": 0.5}, np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0], bool))
+    >>> one = Candidate("mix", a, {"val_accuracy": 0.6}, np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0], bool))
+    >>> four = Candidate("mix", a, {"val_accuracy": 0.6}, np.array([1, 1, 1, 1, 1, 1, 0, 0, 0, 0], bool))
+    >>> better(one, flat, None), better(four, flat, None), better(one, flat, 0.05)  # b - c = 1 <= 1; 4 > 2
+    (False, True, True)
+    """
+    if margin is not None or mix.correct is None or flat.correct is None:
+        return mix.measured["val_accuracy"] > flat.measured["val_accuracy"] + (margin or 0.0)
+    b = int((mix.correct & ~flat.correct).sum())
+    c = int((~mix.correct & flat.correct).sum())
+    mix.measured.update({"val_right_where_uniform_wrong": b, "val_wrong_where_uniform_right": c})
+    return b - c > sqrt(b + c)
+
+
+def best(found: list[Candidate], *, margin: float | None = None) -> Candidate:
+    """The uniform candidate (the first) unless a mix is `better` than it; then the most accurate such mix (ties:
+    the earlier).
 
     >>> a = Allocation({"x": 4}, 4.0, 0.1)
     >>> pick = best([Candidate("uniform 4-bit", a, {"val_accuracy": 0.9}), Candidate("mix", a, {"val_accuracy": 0.9})])
     >>> pick.name
     'uniform 4-bit'
     """
-    return max(found, key=lambda c: (c.measured["val_accuracy"], -found.index(c)))
+    if not found[0].name.startswith("uniform"):  # no single width fits the budget: the most accurate
+        return max(found, key=lambda c: (c.measured["val_accuracy"], -found.index(c)))
+    mixes = [c for c in found[1:] if better(c, found[0], margin)]
+    return max(mixes, key=lambda c: (c.measured["val_accuracy"], -mixes.index(c))) if mixes else found[0]

@@ -10,8 +10,10 @@
    layer and the sensitivity–size Pareto curve.
 3. Candidates — the best uniform width that fits, the sensitivity optimum and a few Pareto
    points within budget — are each quantized jointly, fine-tuned briefly and compared on
-   validation; the most accurate is kept, uniform on ties (`compress.quant.candidates`), so the
-   stage never keeps a mix that loses to uniform on validation. The report lists each candidate.
+   validation; a mix is kept only when it beats uniform there by more than noise (one standard
+   error of the paired difference, or `margin`; `compress.quant.candidates`), else uniform is kept,
+   so the stage never keeps a mix that loses to uniform on validation. The report lists each
+   candidate.
    The uniform candidate is the widest width the target runs that fits the budget, from the
    smallest to the largest of `bits` even where `bits` skips it (`uniform: range`, the default):
    with `bits: [2, 4, 8]` and `avg_bits: 3` that is uniform 3-bit, which is what `qat` at
@@ -92,6 +94,9 @@ class MixedPrecisionConfig(TechniqueConfig):
     uniform: Literal["range", "listed"] = Field("range", description="the uniform candidate's width: the widest that "
                                                  "fits the budget and the target runs, between min(bits) and max(bits) "
                                                  "('range') or among bits only ('listed')")
+    margin: float | None = Field(None, ge=0, le=1, description="how much more accurate on validation than the "
+                                 "uniform candidate a mix must be to be kept; default: more than one standard error "
+                                 "of the paired difference on the validation samples (compress.quant.candidates)")
     pareto_points: int = Field(12, ge=2, le=100, description="budgets sampled for the sensitivity-size curve")
 
     @field_validator("bits")
@@ -219,8 +224,9 @@ def _sensitivity_data(ctx: Context, samples: int) -> tuple[np.ndarray, np.ndarra
 
 
 def _select(model: nn.Module, tried: list[Candidate], apply_bits: Callable[[nn.Module, dict[str, int]], nn.Module],
-            ctx: Context, epochs: int) -> Candidate:
-    """The candidate most accurate on validation after `epochs` of QAT (see `compress.quant.candidates`)."""
+            ctx: Context, epochs: int, margin: float | None) -> Candidate:
+    """Uniform, unless a mix beats it on validation by more than noise after `epochs` of QAT
+    (see `compress.quant.candidates`)."""
     assert ctx.data is not None
     val = (ctx.data.val.x, ctx.data.val.y)
     if len(tried) == 1 or not len(val[1]):
@@ -230,7 +236,7 @@ def _select(model: nn.Module, tried: list[Candidate], apply_bits: Callable[[nn.M
     for c in tried:
         trial(model, c, apply_bits, val, reference, train=(ctx.data.train.x, ctx.data.train.y), spec=spec,
               seed=ctx.seed)
-    return best(tried)
+    return best(tried, margin=margin)
 
 
 class MixedPrecision(BaseTechnique):
@@ -272,7 +278,7 @@ class MixedPrecision(BaseTechnique):
                             calib_samples=cfg.calib_samples)[0]
 
         tried = candidates(optimum, allocations, options, capacity, extra=cfg.trials, flat=flat)
-        kept = _select(model, tried, apply_bits, ctx, cfg.trial_epochs)
+        kept = _select(model, tried, apply_bits, ctx, cfg.trial_epochs, cfg.margin)
         chosen = kept.allocation
         model, specs, relus = quantize(model, chosen.bits, ctx, act_bits=act_bits, per_channel=cfg.per_channel,
                                        calib_samples=cfg.calib_samples)

@@ -88,7 +88,8 @@ def _family(dense: nn.Module, data: Dataset, out: Path, label: str) -> dict[str,
         for seed, r in zip(SEEDS, rs, strict=True):
             if "candidates" in r["report"]:
                 print(f"    seed {seed}: kept {r['report']['chosen']['candidate']!r}; candidates:",
-                      [(c["name"], c["avg_bits"], c["val_accuracy_quantized"], c["val_accuracy"])
+                      [(c["name"], c["avg_bits"], c["val_accuracy_quantized"], c["val_accuracy"],
+                        c.get("val_right_where_uniform_wrong"), c.get("val_wrong_where_uniform_right"))
                        for c in r["report"]["candidates"]])
     return runs
 
