@@ -12,7 +12,13 @@ The test split is 1,600 samples, so one sample is 0.06 pt: per-seed margins of a
 seed noise, which is why the accuracy bars hold for the mean of three seeds. Runs for ~30-45 min
 on 2 cores: `pytest -m benchmark tests/benchmarks/test_flagship.py -s`.
 
-Measured (2026-11-30, one run, 33.6 min, a loaded 2-core machine; edge with uint8 activations): end
+Measured 2026-12-07 (one run, 8.2 min, OMP_NUM_THREADS=1 beside two other jobs, an AVX-512 VNNI host;
+mixed precision keeping a mix only when measurably better on validation): end 110.1-120.3x smaller,
+-0.15 pt mean (-0.38..0.00); edge 20.28x smaller, +0.08 pt mean (-0.25..+0.31), latency 0.095x the cloud
+model's (0.025 ms against 0.27 ms, all three seeds); cascade 97.1 % answered on the end tier (95.9..98.3),
++0.13 pt, mean simulated latency 0.018x cloud-only. All bars met.
+
+Measured before (2026-11-30, one run, 33.6 min, a non-VNNI AVX2 host, a loaded 2-core machine; edge with uint8 activations): end
 108.8-120.3x smaller, -0.23 pt mean (-0.44..-0.06); edge 20.28x smaller, -0.15 pt mean (-0.31..+0.06),
 latency 0.21 / 0.18 / 0.16x the cloud model's (0.088-0.102 ms against 0.49-0.54 ms); cascade 97.5 %
 answered on the end tier, +0.08 pt, mean simulated latency 0.023x cloud-only. All bars met. (The run
