@@ -58,8 +58,9 @@ def int8_sums_can_saturate(cpuinfo: str | None = None, machine: str | None = Non
     (255 x 127 x 2 > 32767): the int8 file then computes something else than it means. On such a CPU
     `make_session` turns on onnxruntime's `session.x64quantprecision` (uint8 x uint8 kernels, exact).
     Measured on EfficientNet-Lite0's MinMax int8 file (tests/benchmarks/test_ptq.py, 300 held-out
-    views, 2026-12-07): 94.3 % top-1 agreement with fp32 on an AVX-512 VNNI host, 78.7 % on the
-    AVX2 host of the earlier runs. Linux's /proc/cpuinfo tells; elsewhere on x86-64 the answer is
+    views, 2026-12-07): 94.3 % top-1 agreement with fp32 on an AVX-512 VNNI host (logits off by
+    0.22 rms); the earlier runs on another host gave the same file 78.7 % (0.58 rms) with the same
+    weights-only error (0.17), which is what saturated sums would do. Linux's /proc/cpuinfo tells; elsewhere on x86-64 the answer is
     True (exact kernels: slower, never wrong). ARM and other machines: False.
 
     >>> int8_sums_can_saturate("flags : fpu sse avx2 avx512bw", "x86_64")
