@@ -18,8 +18,8 @@ def test_undoing_every_rounding_gives_back_fp32(fp32_onnx: Path, int8_onnx: Path
     assert split["activation_tensors"] > 0 and split["weight_tensors"] > 0
     ref = qdq_error._run(fp32_onnx, x)
     scale = float(np.sqrt(np.mean(ref ** 2)))
-    # nothing rounded is left: fp32 up to float reassociation
-    assert split["clipping_only"] < 1e-5 * scale
+    # no int8 rounding is left: fp32 up to the int32 bias grid and float reassociation
+    assert split["clipping_only"] < 1e-4 * scale  # the int32 bias grid (input scale x weight scale) is left
     assert split["int8"] > 100 * split["clipping_only"]
     # each half alone is a real part of the error, not zero and not a blow-up (a dropped ReLU would be)
     for part in ("weights_only", "activations_only"):
