@@ -35,6 +35,7 @@ import torch
 from compress.quant.accuracy_aware import accuracy_aware_int8
 from compress.quant.equalize import bias_correct, equalize
 from compress.quant.learned_round import learned_rounding
+from export.int8_bias import correct_int8_biases
 from export.measure import latency_ms
 from export.onnx import export_onnx
 from export.qdq_error import error_split
@@ -83,6 +84,14 @@ def _compare(model: torch.nn.Module, example: torch.Tensor, calib: np.ndarray, v
         return quantize_int8_static(path, tmp / f"{name}.cle_bc_percentile.onnx", calib, calibration="percentile")
 
     timed("cle+bc+percentile", corrected)
+
+    def empirical(calibration: str) -> Path:  # the file's int32 biases moved to fp32's channel means (int8_bias)
+        src = quantize_int8_static(fp32, tmp / f"{name}.{calibration}.pre-ebc.onnx", calib, calibration=calibration)
+        report = correct_int8_biases(fp32, src, tmp / f"{name}.{calibration}_ebc.onnx", calib, passes=6)
+        print(f"\n{name} empirical bias correction after {calibration}: {report}")
+        return tmp / f"{name}.{calibration}_ebc.onnx"
+
+    timed("percentile+empirical bias correction", lambda: empirical("percentile"))
 
     def learned(calibration: str) -> Path:  # AdaRound weights (BatchNorm folded), then the activation ranges
         path = tmp / f"{name}.lr.fp32.onnx"
@@ -136,8 +145,10 @@ def _compare(model: torch.nn.Module, example: torch.Tensor, calib: np.ndarray, v
             print(f"{label:50s} " + " ".join(f"{hits[i * size:(i + 1) * size].mean():4.0%}" for i in range(len(groups))))
     best = max((k for k in files), key=lambda k: (rows[k]["top1"], rows[k]["top5"]))
     for label in dict.fromkeys(("minmax", best)):  # where the logit error comes from (export.qdq_error)
-        split = error_split(fp32, files[label], test)
-        print(f"{label}: logit error rms {split['int8']:.3f}; weights alone (activations unrounded) "
+        source = {"cle+bc+percentile": tmp / f"{name}.bc.fp32.onnx"}.get(
+            label, tmp / f"{name}.lr.fp32.onnx" if label.startswith("learned") else fp32)
+        split = error_split(source, files[label], test)  # against the fp32 file the int8 one was made from
+        print(f"{label} (against {source.name}): logit error rms {split['int8']:.3f}; weights alone (activations unrounded) "
               f"{split['weights_only']:.3f}, activations alone (weights fp32) {split['activations_only']:.3f}, "
               f"clipping at the calibrated ranges alone {split['clipping_only']:.3f}")
     return rows
