@@ -7,8 +7,9 @@ nonlinearities: AIMET calls the fix *empirical* bias correction. Here it runs on
 file with onnxruntime: each Conv / Gemm output (before its QuantizeLinear) is averaged per channel
 over the calibration inputs, in the int8 file and in the fp32 file it was made from, and the
 layer's int32 bias moves by the difference (in its own grid, scale = input scale x weight scale).
-All layers are corrected together and the pass is repeated (`passes`), since a layer's correction
-changes what the layers after it see.
+Layers are corrected one at a time in graph order (each measured with the layers before it already
+corrected: AIMET's order; correcting all at once from one measurement overshoots and diverges on
+EfficientNet-Lite0), one onnxruntime run of the calibration inputs per layer; `passes` repeats that.
 
 Measured on EfficientNet-Lite0 (tests/benchmarks/test_ptq.py, 2026-12-07): see that file.
 """
@@ -64,7 +65,7 @@ def _channel_means(model_bytes: bytes, tmp: Path, names: list[str], x: np.ndarra
 
 
 def correct_int8_biases(fp32_path: str | os.PathLike[str], int8_path: str | os.PathLike[str],
-                        dst: str | os.PathLike[str], calib_x: np.ndarray, *, passes: int = 3,
+                        dst: str | os.PathLike[str], calib_x: np.ndarray, *, passes: int = 1,
                         batch_size: int = 32) -> dict[str, object]:
     """Write `int8_path` with empirically corrected int32 biases to `dst`; return what was done.
 
@@ -102,12 +103,11 @@ def correct_int8_biases(fp32_path: str | os.PathLike[str], int8_path: str | os.P
         reference = _channel_means(_with_outputs(pre, [f for f, *_ in layers]), tmp, [f for f, *_ in layers],
                                    calib_x, batch_size)
         left = []
-        for _ in range(passes):
-            means = _channel_means(_with_outputs(model, [q for _, q, *_ in layers]), tmp,
-                                   [q for _, q, *_ in layers], calib_x, batch_size)
+        for _ in range(passes):  # one layer at a time, in graph order: each sees the corrected layers before it
             shifts = []
             for fp_out, q_out, bias_name, scale_name in layers:
-                delta = means[q_out] - reference[fp_out]
+                delta = _channel_means(_with_outputs(model, [q_out]), tmp, [q_out], calib_x, batch_size)[q_out] \
+                    - reference[fp_out]
                 spread = float(np.sqrt(np.mean(reference[fp_out] ** 2))) or 1.0
                 shifts.append(float(np.mean(np.abs(delta))) / spread)
                 bias = numpy_helper.to_array(inits[bias_name]).astype(np.int64)

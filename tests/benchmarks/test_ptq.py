@@ -87,7 +87,7 @@ def _compare(model: torch.nn.Module, example: torch.Tensor, calib: np.ndarray, v
 
     def empirical(calibration: str) -> Path:  # the file's int32 biases moved to fp32's channel means (int8_bias)
         src = quantize_int8_static(fp32, tmp / f"{name}.{calibration}.pre-ebc.onnx", calib, calibration=calibration)
-        report = correct_int8_biases(fp32, src, tmp / f"{name}.{calibration}_ebc.onnx", calib, passes=6)
+        report = correct_int8_biases(fp32, src, tmp / f"{name}.{calibration}_ebc.onnx", calib, passes=1)
         print(f"\n{name} empirical bias correction after {calibration}: {report}")
         return tmp / f"{name}.{calibration}_ebc.onnx"
 
