@@ -11,7 +11,11 @@ Layers are corrected one at a time in graph order (each measured with the layers
 corrected: AIMET's order; correcting all at once from one measurement overshoots and diverges on
 EfficientNet-Lite0), one onnxruntime run of the calibration inputs per layer; `passes` repeats that.
 
-Measured on EfficientNet-Lite0 (tests/benchmarks/test_ptq.py, 2026-12-07): see that file.
+Measured on EfficientNet-Lite0 (tests/benchmarks/test_ptq.py, 2026-12-07, one pass, 130 calibration
+views, ~1 min): after percentile calibration it cuts the logit error on the held-out photos from 0.208
+to 0.102 rms and lifts top-1 agreement on other views of the calibration photos from 66 % to 94 %, but
+not on the held-out photos (93.0 % -> 93.7 %; CLE + analytic bias correction: 97.0 %): the means
+it matches are those of the calibration photos (textures, scenery), not of objects.
 """
 
 from __future__ import annotations
