@@ -19,7 +19,7 @@ int8 file (export.int8_bias) 93.7 % / 100 % (0.102), learned rounding + percenti
 (0.179), + mse 91.7 % / 100 % (0.178); top-1 where fp32 is sure 100 % except entropy 95.7 %, mse
 82.6 %, learned rounding + mse 91.3 %. MinMax run with the other onnxruntime int8 kernels (exact
 u8u8): identical, as expected on VNNI. int8 5.10 MB vs 18.61 MB; batch-1 latency 7.2-8.9 ms int8 vs
-9.6 ms fp32 (loaded host). Run time 18 min (17.6) (learned rounding ~6 min of it). The top-1 bar (98 %) is missed
+9.6 ms fp32 (loaded host). Run time 17.6 min (learned rounding ~6 min of it). The top-1 bar (98 %) is missed
 by 1.0 point (3 of 300 views); the top-5 bar (99.5 %) holds. Error split of the MinMax file
 (export.qdq_error): weights alone 0.169 rms, activations alone 0.112, clipping alone 0.019.
 The earlier runs (another host) gave MinMax 78.7 % (0.58 rms) with the same weights-only error: the
