@@ -13,6 +13,9 @@ model (resnet1d, 60 % pruned, onnxruntime 1.32, AVX2): int8 activations fuse 3 o
 and run at 0.34x the fp32 cloud model; uint8 activations fuse all 10 and run at 0.16x, same size. On
 x86 without VNNI onnxruntime sums uint8 x int8 products pairwise in int16, which can saturate: measure
 the accuracy of the file (flagship edge: -0.15 pt mean over three seeds against +0.19 with int8).
+That holds for int8 activations too, since onnxruntime runs them as uint8: `export.runtime.make_session`
+therefore turns on onnxruntime's exact int8 kernels (`session.x64quantprecision`) on x86-64 CPUs
+without VNNI (`int8_sums_can_saturate`); the flagship numbers above predate that.
 """
 
 from __future__ import annotations

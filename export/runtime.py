@@ -12,6 +12,7 @@ Manifest keys read here: `files` (verified before anything is opened), `model.fi
 from __future__ import annotations
 
 import os
+import platform
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from export.litert import TFLiteSession
 from export.policy import exits as policy_exits
 from export.profile import profile
 
-__all__ = ["Bundle", "input_dtype", "load", "make_session", "open_model", "profile", "run_all_exits",
+__all__ = ["Bundle", "input_dtype", "int8_sums_can_saturate", "load", "make_session", "open_model", "profile", "run_all_exits",
            "run_segments"]
 
 FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
@@ -45,11 +46,52 @@ _ORT_DTYPES = {
 }
 
 
-def make_session(path: str | os.PathLike[str], *, threads: int = 1) -> ort.InferenceSession:
+_VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "avx_vnni_int8"})
+
+
+def int8_sums_can_saturate(cpuinfo: str | None = None, machine: str | None = None) -> bool:
+    """True when onnxruntime's fast int8 kernels may saturate on this CPU: x86-64 without VNNI.
+
+    onnxruntime runs int8 Conv / MatMul as uint8 activations x int8 weights. Without VNNI
+    (`vpdpbusd`, which adds four products straight into int32) its AVX2 / AVX-512BW kernels add
+    pairs of products in int16 first (`vpmaddubsw`), which saturates when two large products meet
+    (255 x 127 x 2 > 32767): the int8 file then computes something else than it means. On such a CPU
+    `make_session` turns on onnxruntime's `session.x64quantprecision` (uint8 x uint8 kernels, exact).
+    Measured on EfficientNet-Lite0's MinMax int8 file (tests/benchmarks/test_ptq.py, 300 held-out
+    views, 2026-12-07): 94.3 % top-1 agreement with fp32 on an AVX-512 VNNI host (logits off by
+    0.22 rms); the earlier runs on another host gave the same file 78.7 % (0.58 rms) with the same
+    weights-only error (0.17), which is what saturated sums would do. Linux's /proc/cpuinfo tells; elsewhere on x86-64 the answer is
+    True (exact kernels: slower, never wrong). ARM and other machines: False.
+
+    >>> int8_sums_can_saturate("flags : fpu sse avx2 avx512bw", "x86_64")
+    True
+    >>> int8_sums_can_saturate("flags : fpu sse avx2 avx512bw avx512_vnni", "x86_64")
+    False
+    >>> int8_sums_can_saturate("", "aarch64")
+    False
+    """
+    machine = (machine if machine is not None else platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "x64"):
+        return False
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return True
+    flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split(":", 1)[-1].split()}
+    return not flags & _VNNI_FLAGS
+
+
+def make_session(path: str | os.PathLike[str], *, threads: int = 1,
+                 exact_int8: bool | None = None) -> ort.InferenceSession:
     """A CPU onnxruntime session with a fixed thread count and sequential execution.
 
     Fixed threads make latency comparable between runs and hosts; one inter-op thread and
-    sequential execution match what a small device does.
+    sequential execution match what a small device does. `exact_int8` turns on onnxruntime's
+    `session.x64quantprecision` (int8 kernels that cannot saturate); the default, None, turns it on
+    where the fast kernels can saturate (`int8_sums_can_saturate`: x86-64 without VNNI). On a VNNI
+    host it is not needed and costs time: EfficientNet-Lite0's int8 file took 35.3 ms against 23.7 ms
+    at batch 1 with it (one thread, loaded AVX-512 VNNI host, 2026-12-07), with the same outputs.
 
     >>> import tempfile, pathlib
     >>> from export._examples import tiny_onnx
@@ -64,11 +106,15 @@ def make_session(path: str | os.PathLike[str], *, threads: int = 1) -> ort.Infer
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if exact_int8 if exact_int8 is not None else int8_sums_can_saturate():
+        opts.add_session_config_entry("session.x64quantprecision", "1")
     return ort.InferenceSession(os.fspath(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def open_model(path: str | os.PathLike[str], *, threads: int = 1) -> ort.InferenceSession | TFLiteSession:
-    """A session for an .onnx (onnxruntime) or .tflite (LiteRT) file, chosen by its suffix.
+def open_model(path: str | os.PathLike[str], *, threads: int = 1,
+               exact_int8: bool | None = None) -> ort.InferenceSession | TFLiteSession:
+    """A session for an .onnx (onnxruntime) or .tflite (LiteRT) file, chosen by its suffix (`exact_int8`:
+    see `make_session`; LiteRT ignores it).
 
     >>> import tempfile, pathlib
     >>> from export._examples import tiny_onnx
@@ -82,7 +128,7 @@ def open_model(path: str | os.PathLike[str], *, threads: int = 1) -> ort.Inferen
                           fix=f"use one of {', '.join(FORMATS)}")
     if FORMATS[suffix] == "tflite":
         return TFLiteSession(path, threads=threads)
-    return make_session(path, threads=threads)
+    return make_session(path, threads=threads, exact_int8=exact_int8)
 
 
 def input_dtype(session: ort.InferenceSession | TFLiteSession, index: int = 0) -> np.dtype:

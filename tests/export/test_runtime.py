@@ -132,3 +132,24 @@ def test_garbage_model_with_matching_hash_is_explained(tmp_path: Path) -> None:
     assert json.loads((out / "manifest.json").read_text())["files"]["model.onnx"]["bytes"] == 8
     with pytest.raises(BundleError, match="onnxruntime cannot open 'model.onnx'"):
         runtime.load(out)
+
+
+def test_exact_int8_kernels_where_the_fast_ones_can_saturate(fp32_onnx: Path, monkeypatch) -> None:
+    """x86-64 without VNNI gets onnxruntime's exact int8 kernels; VNNI hosts and ARM keep the fast ones."""
+    key = "session.x64quantprecision"
+
+    def entry(options: ort.SessionOptions) -> str | None:
+        try:
+            return options.get_session_config_entry(key)
+        except RuntimeError:  # onnxruntime raises for a key never set
+            return None
+
+    assert runtime.int8_sums_can_saturate("flags\t: fpu sse2 avx2 avx512f avx512bw\n", "x86_64")
+    assert runtime.int8_sums_can_saturate("flags\t: fpu avx2\n", "AMD64")
+    assert not runtime.int8_sums_can_saturate("flags\t: fpu avx2 avx_vnni\n", "x86_64")
+    assert not runtime.int8_sums_can_saturate("flags\t: fpu avx512bw avx512_vnni\n", "x86_64")
+    assert not runtime.int8_sums_can_saturate("Features\t: fp asimd asimddp\n", "aarch64")
+    for saturates in (True, False):
+        monkeypatch.setattr(runtime, "int8_sums_can_saturate", lambda s=saturates: s)
+        assert (entry(runtime.make_session(fp32_onnx).get_session_options()) == "1") is saturates
+    assert entry(runtime.make_session(fp32_onnx, exact_int8=True).get_session_options()) == "1"
