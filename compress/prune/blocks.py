@@ -44,7 +44,8 @@ def prediction(output: Any) -> torch.Tensor:
         return output[0]
     raise EdgetierError(f"taylor importance needs class logits from the model, and it returns a "
                         f"{type(output).__name__} without `logits`", where="structured_prune",
-                        fix="use importance: l1 or l2 (magnitude needs no data) for an embedding model")
+                        fix="for an embedding model use importance: activation (label-free, scores on train inputs) "
+                            "or l1 / l2 (magnitude needs no data)")
 
 
 def apply_blocks(model: nn.Module, example: tuple[torch.Tensor, ...], ctx: Context, *, heads: float | None,
