@@ -47,6 +47,8 @@ class TrainPatch(_Strict):
     optimizer: Literal["adam", "sgd"] | None = None
     weight_decay: float | None = Field(None, ge=0, le=1, description="L2 weight decay, 0 to 1")
     schedule: Literal["constant", "cosine"] | None = Field(None, description="learning-rate schedule: constant, or cosine decay to 0 over the run")
+    dropout: bool | None = Field(None, description="false: train with every Dropout off (p = 0), e.g. to distil a "
+                                 "pretrained model, whose student should match the teacher's deterministic outputs")
 
 
 class ModelSpec(BaseModel):

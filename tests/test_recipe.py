@@ -32,6 +32,12 @@ def test_resolve_gives_a_typed_plan(tiny_recipe, write_recipe):
     assert [s.name for s in edge.stages] == ["tune", "tune2"] and edge.target.tier == "edge"
 
 
+def test_a_stage_can_train_with_dropout_off(tiny_recipe, write_recipe):
+    tiny_recipe["stages"][0]["train"]["dropout"] = False
+    end = load_recipe(write_recipe(tiny_recipe)).resolve("end")
+    assert end.stages[0].train.dropout is False and end.stages[1].train.dropout is True  # the default
+
+
 def test_recipe_hash_follows_content(tiny_recipe, write_recipe):
     a = load_recipe(write_recipe(tiny_recipe, "a.yaml")).sha256
     assert load_recipe(write_recipe(tiny_recipe, "b.yaml")).sha256 == a

@@ -8,6 +8,8 @@ stage's seed, so a stage retrained after `--resume` gives the same weights.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,6 +40,10 @@ class TrainSpec(BaseModel):
     # cosine: the learning rate falls from `lr` to 0 over all steps (per batch), the usual way to
     # train to convergence; constant suits short fine-tuning between compression steps
     schedule: Literal["constant", "cosine"] = "constant"
+    # False: every Dropout is off while training (p = 0, restored after). For label-free distillation
+    # of a pretrained model, where the student should match the teacher's deterministic outputs:
+    # all-MiniLM-L6-v2 pruned + refit, 50 steps: embedding cosine 0.893 without dropout, 0.883 with
+    dropout: bool = True
 
     def patched(self, patch: BaseModel | None) -> TrainSpec:
         """These settings with the fields `patch` sets replaced."""
@@ -100,45 +106,61 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], spec: TrainSpec,
                  if spec.schedule == "cosine" else None)
     lengths = _token_lengths(xs) if records else None
     losses, accs = [], []
-    for epoch in range(spec.epochs):
-        model.train()
-        order = torch.randperm(len(xs), generator=generator)
-        if lengths is not None:
-            order = by_length(order, lengths, spec.batch_size, generator=generator)
-        total = 0.0
-        for start in range(0, len(xs), spec.batch_size):
-            idx = order[start:start + spec.batch_size]
-            inputs, targets = (batch_fields(xs, idx) if records else xs[idx]), ys[idx]
-            outputs = model(*inputs) if records else model(inputs)
-            loss = hooks.loss(model, inputs, outputs, targets)
-            if supervised:
-                loss = F.cross_entropy(outputs, targets) + loss
-            elif not loss.requires_grad:
-                raise EdgetierError(f"{description}: training without labels needs a loss from a stage, and no stage "
-                                    "before this training gives one", where="train",
-                                    fix="add a feature_distill stage before this train block (it matches the "
-                                        "teacher's embedding, no labels needed), or train on a labelled dataset")
-            value = float(loss.detach())
-            if not np.isfinite(value):
-                raise _diverged(description, f"the loss became {value}", epoch, spec)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            hooks.after_backward(model)
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            hooks.after_step(model)
-            total += value * len(idx)
-            progress.advance(task)
-        hooks.epoch_end(model, epoch)
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            raise _diverged(description, "the weights are no longer finite", epoch, spec)
-        losses.append(total / max(len(xs), 1))
-        if val is not None:
-            accs.append(evaluate(model, val))
+    with _dropout(model, spec.dropout):
+        for epoch in range(spec.epochs):
+            model.train()
+            order = torch.randperm(len(xs), generator=generator)
+            if lengths is not None:
+                order = by_length(order, lengths, spec.batch_size, generator=generator)
+            total = 0.0
+            for start in range(0, len(xs), spec.batch_size):
+                idx = order[start:start + spec.batch_size]
+                inputs, targets = (batch_fields(xs, idx) if records else xs[idx]), ys[idx]
+                outputs = model(*inputs) if records else model(inputs)
+                loss = hooks.loss(model, inputs, outputs, targets)
+                if supervised:
+                    loss = F.cross_entropy(outputs, targets) + loss
+                elif not loss.requires_grad:
+                    raise EdgetierError(f"{description}: training without labels needs a loss from a stage, and no stage "
+                                        "before this training gives one", where="train",
+                                        fix="add a feature_distill stage before this train block (it matches the "
+                                            "teacher's embedding, no labels needed), or train on a labelled dataset")
+                value = float(loss.detach())
+                if not np.isfinite(value):
+                    raise _diverged(description, f"the loss became {value}", epoch, spec)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                hooks.after_backward(model)
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                hooks.after_step(model)
+                total += value * len(idx)
+                progress.advance(task)
+            hooks.epoch_end(model, epoch)
+            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                raise _diverged(description, "the weights are no longer finite", epoch, spec)
+            losses.append(total / max(len(xs), 1))
+            if val is not None:
+                accs.append(evaluate(model, val))
     progress.done(task)
     model.eval()
     return History(tuple(losses), tuple(accs))
+
+
+@contextlib.contextmanager
+def _dropout(model: nn.Module, on: bool) -> Iterator[None]:
+    """Dropout as the spec says: when off, p = 0 in every Dropout module (Hugging Face attention
+    reads `self.dropout.p` too), the original values back afterwards."""
+    layers = [] if on else [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    kept = [m.p for m in layers]
+    for m in layers:
+        m.p = 0.0
+    try:
+        yield
+    finally:
+        for m, p in zip(layers, kept, strict=True):
+            m.p = p
 
 
 POOL_BATCHES = 50  # batches whose rows are sorted by length together: similar lengths, still shuffled

@@ -44,7 +44,8 @@ def prediction(output: Any) -> torch.Tensor:
         return output[0]
     raise EdgetierError(f"taylor importance needs class logits from the model, and it returns a "
                         f"{type(output).__name__} without `logits`", where="structured_prune",
-                        fix="use importance: l1 or l2 (magnitude needs no data) for an embedding model")
+                        fix="for an embedding model use importance: activation (label-free, scores on train inputs) "
+                            "or l1 / l2 (magnitude needs no data)")
 
 
 def apply_blocks(model: nn.Module, example: tuple[torch.Tensor, ...], ctx: Context, *, heads: float | None,
@@ -60,8 +61,19 @@ def apply_blocks(model: nn.Module, example: tuple[torch.Tensor, ...], ctx: Conte
     heads0 = sum(a.heads for a in attention0)
     params0, macs0 = count_params(model), count_macs(model, example)
     grads = _taylor(model, ctx, batches=config.taylor_batches, where=where) if config.importance == "taylor" else None
-    pruner, blocks = build_block_pruner(model, _inputs(example), heads=heads, mlp=mlp, importance=config.importance,
+    activation = config.importance == "activation"
+    pruner, blocks = build_block_pruner(model, _inputs(example), heads=heads, mlp=mlp,
+                                        importance="l2" if activation else config.importance,
                                         steps=config.steps, keep=keep, where=where)
+    if activation:  # scored afresh before every step, on the model as pruned so far
+        from compress.prune.activation import ScoreImportance, activation_scores
+
+        pruner.importance = ScoreImportance()
+        batches, masks = _calibration(ctx, samples=config.activation_samples, why="importance activation scores "
+                                      "heads and channels on train inputs", where=f"{where}.importance")
+
+        def grads() -> None:
+            pruner.importance.scores = activation_scores(model, blocks, batches, masks)
     names = {m: n for n, m in model.named_modules()}
     mlp_layers = [names[m] for m in blocks.mlp]
     widths0 = {n: modules[n].out_features for n in mlp_layers}
@@ -85,6 +97,8 @@ def apply_blocks(model: nn.Module, example: tuple[torch.Tensor, ...], ctx: Conte
         "params": [params0, params1], "macs": [macs0, macs1], "macs_fraction": round(macs1 / macs0, 4),
         "params_fraction": round(params1 / params0, 4),
     }
+    if activation:
+        report["activation_samples"] = config.activation_samples
     if refit is not None:
         report["reconstruct"] = {"samples": config.reconstruct, "relative_error": refit}
     return Result(model, report, state={"history": history(pruner), "mlp_layers": mlp_layers})
@@ -116,11 +130,19 @@ def _taylor(model: nn.Module, ctx: Context, *, batches: int, where: str):
 def _reconstruct(model: nn.Module, reference: nn.Module, layers: list[str], ctx: Context, *, samples: int,
                  where: str) -> dict[str, list[float]]:
     """Least-squares refit of `layers` on `samples` train rows (`compress.prune.reconstruct`)."""
-    from compress.core.train import batch_fields
     from compress.prune.reconstruct import refit_linears
 
-    data = require_data(ctx, why="reconstruct refits layers on train inputs", where=f"{where}.reconstruct")
-    x = data.train.x
+    batches, masks = _calibration(ctx, samples=samples, why="reconstruct refits layers on train inputs",
+                                  where=f"{where}.reconstruct")
+    return refit_linears(model, reference, layers, batches, masks=masks)
+
+
+def _calibration(ctx: Context, *, samples: int, why: str,
+                 where: str) -> tuple[list[tuple[torch.Tensor, ...]], list[torch.Tensor | None]]:
+    """`samples` train rows drawn with the run's seed, in batches of 32, with their attention masks."""
+    from compress.core.train import batch_fields
+
+    x = require_data(ctx, why=why, where=where).train.x
     rows = np.random.default_rng(ctx.seed).permutation(len(x))[:samples]
     batches, masks = [], []
     for start in range(0, len(rows), 32):
@@ -129,4 +151,4 @@ def _reconstruct(model: nn.Module, reference: nn.Module, layers: list[str], ctx:
         names = x.dtype.names or ("input",)
         batches.append(fields)
         masks.append(fields[names.index("attention_mask")] if "attention_mask" in names else None)
-    return refit_linears(model, reference, layers, batches, masks=masks)
+    return batches, masks

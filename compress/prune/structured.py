@@ -71,14 +71,18 @@ class StructuredPruneConfig(TechniqueConfig):
                               "removed, in (0, 1)")
     macs_ratio: float | None = Field(None, description="MACs budget: keep at most this fraction of the model's MACs, "
                                      "in (0, 1); give this or ratio")
-    importance: Literal["l1", "l2", "taylor", "bn_scale"] = Field(
-        "l2", description="channel score: weight magnitude (l1, l2), first-order Taylor |g·w| on train batches, or "
-                          "BatchNorm scale (network slimming)")
+    importance: Literal["l1", "l2", "taylor", "bn_scale", "activation"] = Field(
+        "l2", description="channel score: weight magnitude (l1, l2), first-order Taylor |g·w| on train batches, "
+                          "BatchNorm scale (network slimming), or — transformers pruned by heads / mlp, no labels "
+                          "needed — activation: each head's / MLP channel's contribution to the layer reading it "
+                          "on train inputs (`compress.prune.activation`)")
     steps: int = Field(1, ge=1, le=100, description="iterative pruning steps, each removing an equal share")
     finetune_epochs: int = Field(0, ge=0, le=10_000, description="epochs of training on the train split after every step "
                                  "but the last")
     finetune_lr: float = Field(1e-3, gt=0, le=10, description="learning rate of the fine-tuning between steps")
     taylor_batches: int = Field(8, ge=1, le=10_000, description="taylor: train batches whose gradients score the channels")
+    activation_samples: int = Field(256, ge=1, le=100_000, description="activation: train samples whose forward "
+                                    "passes score the heads and channels")
     channel_multiple: int | None = Field(None, ge=1, le=1024, description="round kept channels to multiples of this; "
                                          "default: the target's channel_multiple")
     reconstruct: int = Field(0, ge=0, le=100_000, description="transformers (heads / mlp): train samples on which "
@@ -103,6 +107,7 @@ class StructuredPruneConfig(TechniqueConfig):
         return self
 
     def check_model(self, model: nn.Module, target: Any) -> None:
+        _check_activation(self, model)
         if _per_kind(self, model) is not None:
             if self.heads and not find_attention(model):
                 raise no_attention_error(model, where=WHERE)
@@ -111,6 +116,15 @@ class StructuredPruneConfig(TechniqueConfig):
             _layers(model, self)  # selectors only: tracing needs example inputs, checked again in apply
             return
         _plan(copy.deepcopy(model), tuple(model.example_inputs()), self, _multiple(self, target))
+
+
+def _check_activation(config: StructuredPruneConfig, model: nn.Module) -> None:
+    if config.importance == "activation" and _per_kind(config, model) is None:
+        raise EdgetierError("importance activation scores attention heads and MLP hidden channels by what they add "
+                            f"to the layer reading them; {type(model).__name__} is pruned per layer here (no "
+                            "heads / mlp, and no query/key/value attention for a plain ratio)",
+                            where=f"{WHERE}.importance",
+                            fix="prune a transformer with heads / mlp, or use importance: l1, l2 or taylor")
 
 
 def _multiple(config: StructuredPruneConfig, target: Any) -> int | None:
@@ -215,6 +229,7 @@ class StructuredPrune(BaseTechnique):
         cfg = self.config
         example = _example(model, ctx)
         kinds = _per_kind(cfg, model)
+        _check_activation(cfg, model)
         if kinds is None and cfg.reconstruct:
             raise EdgetierError("reconstruct refits the layers that read pruned attention heads or MLP channels; this "
                                 "model is pruned per layer", where=f"{WHERE}.reconstruct",

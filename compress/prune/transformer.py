@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -106,6 +106,9 @@ class Blocks:
     attention: list[Attention]
     mlp: list[nn.Module]
     readers: list[nn.Module]  # layers whose inputs are the heads (BERT's attention.output.dense, ViT's o_proj)
+    # the layers reading each attention module's heads / each MLP hidden layer's channels (keyed by the
+    # attention module / the hidden layer): what `compress.prune.activation` scores them by
+    consumers: dict[nn.Module, list[nn.Module]] = field(default_factory=dict)
 
 
 def block_structure(graph: tp.DependencyGraph, model: nn.Module, attention: list[Attention],
@@ -115,12 +118,17 @@ def block_structure(graph: tp.DependencyGraph, model: nn.Module, attention: list
     projections = {p for a in attention for p in a.projections}
     registered = set(model.modules())  # torch-pruning also lists functional ops (GELU, add) as modules
     mlp, readers = [], []
+    consumers_of: dict[nn.Module, list[nn.Module]] = {}
     for group in graph.get_all_groups(ignored_layers=keep, root_module_types=ROOT_TYPES):
         outs = [dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)]
         ins = [dep.target.module for dep, _ in group if graph.is_in_channel_pruning_fn(dep.handler)]
         consumers = [m for m in ins if isinstance(m, ROOT_TYPES)]
         if any(m in projections for m in outs):  # an attention group: whole heads, via `attention`
-            readers.extend(m for m in consumers if m not in projections)
+            reading = [m for m in consumers if m not in projections]
+            readers.extend(reading)
+            for a in attention:
+                if any(p in outs for p in a.projections):
+                    consumers_of.setdefault(a.module, []).extend(reading)
             continue
         producers = [m for m in outs if m in registered or isinstance(m, torch.Tensor)]
         # one Linear/Conv producing channels that only other layers' inputs read: a block's hidden layer.
@@ -128,7 +136,8 @@ def block_structure(graph: tp.DependencyGraph, model: nn.Module, attention: list
         # residual add) marks the residual stream, whose width every block shares.
         if len(producers) == 1 and isinstance(producers[0], ROOT_TYPES) and consumers:
             mlp.append(producers[0])
-    return Blocks(attention, mlp, readers)
+            consumers_of[producers[0]] = consumers
+    return Blocks(attention, mlp, readers, consumers_of)
 
 
 def build_block_pruner(model: nn.Module, inputs: Any, *, heads: float | None, mlp: float | None, importance: str,

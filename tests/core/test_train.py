@@ -71,3 +71,17 @@ def test_label_free_training_without_a_loss_from_a_stage_is_one_clear_error():
     with pytest.raises(EdgetierError, match="without labels needs a loss from a stage"):
         fit(nn.Linear(4, 2), (np.zeros((8, 4), np.float32), np.zeros(8, np.int64)), TrainSpec(epochs=1),
             supervised=False)
+
+
+@pytest.mark.parametrize("dropout", [True, False])
+def test_dropout_false_trains_with_every_dropout_off_and_restores_it(dropout: bool):
+    """`dropout: false` (label-free distillation): the Dropout modules run with p = 0 during the
+    training passes, and keep their p afterwards; by default they drop as configured."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 2))
+    seen: list[float] = []
+    model[1].register_forward_hook(lambda m, args, out: seen.append(float((out == 0).float().mean())))
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32") + 3  # ReLU-free: zeros come from dropout
+    y = np.zeros(64, dtype=np.int64)
+    fit(model, (x, y), TrainSpec(epochs=1, lr=1e-3, batch_size=32, dropout=dropout))
+    assert model[1].p == 0.5 and len(seen) == 2
+    assert all(share > 0.2 for share in seen) if dropout else all(share == 0 for share in seen)
