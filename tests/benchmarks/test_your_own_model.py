@@ -69,7 +69,10 @@ cloud file as exported (9.81 ms) and the same file with the int8 file's transfor
   of the sentences, other scoring, refit and distillation batches; /tmp script, both at once,
   18.6 / 19.0 min): end cosine 0.9198 / 0.9199 (agreement 74.7 / 72.7 %), edge 0.9930 / 0.9930.
   Over the three seeds the end cosine is 0.9201 ± 0.0004: at the 0.92 bar, not reliably above it
-  (two of three seeds miss by 0.0002 / 0.0001).
+  (two of three seeds miss by 0.0002 / 0.0001). Three distillation passes instead of two (810
+  steps; the recipe with `epochs: 3`, seed 1, /tmp script, 11.0 min alone at load ~2-4): end cosine
+  0.9257 (agreement 76.0 %) against 0.9198 — the next step, not yet shipped: one seed only, and not
+  run through this test.
 How each step moved the end cosine (exploration, /tmp scripts, fp32 PyTorch on the same 300
 held-out sentences, 2026-12-07): prune + refit with l2 0.844, with a label-free Fisher score
 (squared mask gradients of random projections of the normalized embedding) 0.850, with
