@@ -7,9 +7,9 @@ import numpy as np
 import onnx
 import pytest
 
-import compress
 from compress.datasets import load as load_data
 from export.runtime import load
+from tests.exits.runs import run_recipe
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +22,7 @@ def run(tmp_path_factory):
                          {"name": "int8", "kind": "ptq_int8", "with": {"calib_samples": 64}}],
               "variants": {"float": {"target": "jetson_orin_nano", "skip": ["int8"]},
                            "edge": {"target": "jetson_orin_nano"}, "end": {"target": "rpi4"}}}
-    import yaml
-
-    folder = tmp_path_factory.mktemp("exits_int8")
-    (folder / "r.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
-    result = compress.run(compress.load_recipe(folder / "r.yaml"), out_dir=folder / "runs")
-    return result, {m["name"]: m for m in result.models}
+    return run_recipe(tmp_path_factory, recipe)
 
 
 def test_the_onnx_segments_are_int8_and_smaller(run) -> None:

@@ -7,11 +7,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-import yaml
 
-import compress
 from compress.datasets import load as load_data
 from export.runtime import load
+from tests.exits.runs import run_recipe
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +24,7 @@ def run(tmp_path_factory):
                           "train": {"epochs": 1}}],
               "variants": {"dense": {"target": "jetson_orin_nano", "skip": ["prune"]},
                            "sparse": {"target": "jetson_orin_nano"}}}
-    folder = tmp_path_factory.mktemp("exits_sparse")
-    (folder / "r.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
-    result = compress.run(compress.load_recipe(folder / "r.yaml"), out_dir=folder / "runs")
-    return result, {m["name"]: m for m in result.models}
+    return run_recipe(tmp_path_factory, recipe)
 
 
 def test_the_pruned_segments_are_stored_sparse_and_smaller(run) -> None:

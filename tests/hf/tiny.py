@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from compress.datasets.base import Dataset, Split
 
 
 def tiny_bert(*, seed: int = 0, vocab: int = 64, hidden: int = 32, layers: int = 2, heads: int = 4):
@@ -74,3 +77,13 @@ def tiny_vision(kind: str, *, seed: int = 0, image: int = 8, labels: int = 10):
                               num_attention_heads=4, intermediate_size=64, num_labels=labels)
         return tf.ViTForImageClassification(config).eval()
     raise ValueError(f"unknown kind {kind!r}: use one of {VISION}")
+
+
+def token_dataset(n: int = 64, seq: int = 12) -> Dataset:
+    """`n` token rows (input_ids + attention_mask, as a structured array) in every split, labels 0: unlabelled text."""
+    batch = token_batch(n, seq, seed=1)
+    x = np.zeros(n, dtype=[("input_ids", "int64", (seq,)), ("attention_mask", "int64", (seq,))])
+    x["input_ids"], x["attention_mask"] = batch["input_ids"].numpy(), batch["attention_mask"].numpy()
+    split = Split(x, np.zeros(n, dtype=np.int64))
+    return Dataset(name="tokens", train=split, val=split, test=split, calib=split, input_shape=(seq,), num_classes=0,
+                   labels=())

@@ -4,30 +4,20 @@ a head / channel with large weights that contributes nothing goes first; bad inp
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from compress.core.context import Context
 from compress.core.errors import EdgetierError
-from compress.datasets.base import Dataset, Split
 from compress.prune.structured import StructuredPrune, StructuredPruneConfig
-from tests.hf.tiny import tiny_bert, token_batch
+from tests.hf.tiny import tiny_bert, token_batch, token_dataset
 
 HIDDEN, HEADS = 64, 4
 SIZE = HIDDEN // HEADS
 DEAD_HEAD = 2  # per layer: huge query / key / value weights, output-projection columns near 0
 DEAD_CHANNELS = list(range(0, 128, 2))  # half the MLP: large weights, a bias that keeps GELU at 0
 
-
-def _token_data(n: int = 64, seq: int = 12) -> Dataset:
-    batch = token_batch(n, seq, seed=1)
-    x = np.zeros(n, dtype=[("input_ids", "int64", (seq,)), ("attention_mask", "int64", (seq,))])
-    x["input_ids"], x["attention_mask"] = batch["input_ids"].numpy(), batch["attention_mask"].numpy()
-    split = Split(x, np.zeros(n, dtype=np.int64))
-    return Dataset(name="tokens", train=split, val=split, test=split, calib=split, input_shape=(seq,), num_classes=0,
-                   labels=())
 
 
 def _rigged_bert() -> nn.Module:
@@ -61,7 +51,7 @@ def _kept(model: nn.Module, reference: nn.Module) -> tuple[list[list[int]], list
 def _prune(importance: str) -> tuple[list[list[int]], list[list[int]], dict]:
     model, reference = _rigged_bert(), _rigged_bert()
     batch = token_batch()
-    ctx = Context(example_inputs=(batch["input_ids"], batch["attention_mask"]), data=_token_data())
+    ctx = Context(example_inputs=(batch["input_ids"], batch["attention_mask"]), data=token_dataset())
     result = StructuredPrune(StructuredPruneConfig(heads=0.25, mlp=0.5, importance=importance,
                                                    activation_samples=48)).apply(model, ctx)
     return *_kept(model, reference), result.report

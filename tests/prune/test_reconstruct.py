@@ -11,10 +11,9 @@ from torch import nn
 
 from compress.core.context import Context
 from compress.core.errors import EdgetierError
-from compress.datasets.base import Dataset, Split
 from compress.prune.reconstruct import refit_linears
 from compress.prune.structured import StructuredPrune, StructuredPruneConfig
-from tests.hf.tiny import tiny_bert, token_batch
+from tests.hf.tiny import tiny_bert, token_batch, token_dataset
 
 
 def _pair() -> tuple[nn.Module, nn.Module]:
@@ -63,19 +62,11 @@ def test_masked_positions_do_not_enter_the_fit():
     torch.testing.assert_close(padded.body[2].weight, real.body[2].weight, rtol=1e-4, atol=1e-5)
 
 
-def _token_data(n: int = 64, seq: int = 12) -> Dataset:
-    batch = token_batch(n, seq, seed=1)
-    x = np.zeros(n, dtype=[("input_ids", "int64", (seq,)), ("attention_mask", "int64", (seq,))])
-    x["input_ids"], x["attention_mask"] = batch["input_ids"].numpy(), batch["attention_mask"].numpy()
-    split = Split(x, np.zeros(n, dtype=np.int64))
-    return Dataset(name="tokens", train=split, val=split, test=split, calib=split, input_shape=(seq,), num_classes=0,
-                   labels=())
-
 
 def test_a_pruned_bert_gets_its_narrowed_layers_refit_and_reports_the_errors():
     model = tiny_bert(hidden=64, heads=4, layers=2)
     batch = token_batch()
-    ctx = Context(example_inputs=(batch["input_ids"], batch["attention_mask"]), data=_token_data())
+    ctx = Context(example_inputs=(batch["input_ids"], batch["attention_mask"]), data=token_dataset())
     result = StructuredPrune(StructuredPruneConfig(heads=0.25, mlp=0.5, reconstruct=48)).apply(model, ctx)
     errors = result.report["reconstruct"]["relative_error"]
     # exactly the layers that read pruned heads / channels: attention output projection and MLP output
