@@ -1,5 +1,5 @@
 """Label-free distillation (compress/distill/unlabeled.py): a pruned CNN relearns its teacher's
-function on augmented crops and gets closer to it on held-out crops; BatchNorm statistics stay."""
+function on augmented crops and gets closer to it on held-out crops; BatchNorm re-estimation."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import nn
 from compress import apply
 from compress.core.errors import EdgetierError
 from compress.datasets.augmented import augmented_crops
-from compress.distill.unlabeled import distill_unlabeled, mean_kl
+from compress.distill.unlabeled import distill_unlabeled, mean_kl, reestimate_batchnorm
 from compress.prune.structured import StructuredPruneConfig
 
 PHOTOS = ("sklearn:china", "sklearn:flower")  # scikit-learn's two photos: no scikit-image needed
@@ -37,18 +37,26 @@ def test_distillation_on_unlabeled_crops_brings_a_pruned_student_back_to_its_tea
     student, _ = apply(copy.deepcopy(teacher), StructuredPruneConfig(ratio=0.5), example_inputs=(torch.zeros(1, 3, 16, 16),))
     held_out = _crops(256, seed=99)  # other crops of the same photos than the training batches
     before = mean_kl(student, teacher, held_out)
-    stats = [b.running_mean.clone() for b in student.modules() if isinstance(b, nn.BatchNorm2d)]
     g = torch.Generator().manual_seed(0)
     losses = distill_unlabeled(student, teacher, lambda _step: augmented_crops(32, images=PHOTOS, size=16, generator=g),
                                steps=150, lr=3e-3, temperature=2.0)
+    assert not student.training  # the mode it came in
+    assert reestimate_batchnorm(student, (_crops(64, seed=i) for i in range(4))) == 256
     after = mean_kl(student, teacher, held_out)
-    # measured 2026-12-07: KL 0.069 -> 0.0016 on held-out crops (1/44); the bars leave a wide margin for other CPUs
-    assert before > 0.02 and after < 0.25 * before, (before, after)
+    # measured 2026-12-07: KL 0.069 -> 0.014 on held-out crops (0.21x); without distillation it stays 1x, and
+    # the bar leaves room for another CPU's rounding and BatchNorm statistics of 256 crops
+    assert before > 0.02 and after < 0.5 * before, (before, after)
     assert len(losses) == 150 and sum(losses[-10:]) < sum(losses[:10])
-    # eval mode by default: the teacher's BatchNorm statistics are kept, not re-estimated on the crops
-    assert all(torch.equal(a, b.running_mean) for a, b in
-               zip(stats, (b for b in student.modules() if isinstance(b, nn.BatchNorm2d)), strict=True))
-    assert not student.training
+
+
+def test_dropout_is_off_while_distilling_and_restored_after():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(8, 4))
+    student = nn.Sequential(nn.Linear(8, 4), nn.Dropout(0.9))
+    seen: list[float] = []
+    student[1].register_forward_pre_hook(lambda m, _x: seen.append(m.p))
+    distill_unlabeled(student, teacher, lambda _s: torch.randn(16, 8), steps=3)
+    assert seen == [0.0, 0.0, 0.0] and student[1].p == 0.9
 
 
 def test_bad_settings_are_one_clear_error():
