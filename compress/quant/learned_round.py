@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compress.core.errors import EdgetierError
 from compress.quant.equalize import feed_with_hooks, quantize_weight
 
 __all__ = ["LayerRounding", "fold_batchnorm", "gram_matrices", "learn_rounding", "learned_rounding"]
@@ -72,7 +73,15 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             return isinstance(m, _WEIGHTED) or super().is_leaf_module(m, qualname)
 
     root = copy.deepcopy(model).eval()
-    graph = GraphModule(root, _LayersAsLeaves().trace(root))
+    try:
+        graph = GraphModule(root, _LayersAsLeaves().trace(root))
+    except Exception as err:  # torch.fx raises TraceError, TypeError, ... on data-dependent Python code
+        raise EdgetierError(
+            f"{type(model).__name__} cannot be traced by torch.fx ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:160] if str(err) else ''}); folding BatchNorm for equalization, learned "
+            "rounding or int8 distillation needs a traceable graph", where=type(model).__name__,
+            fix="leave out equalize / learned_rounding / distill for this model (calibration and bias_correction "
+                "do not trace it), or pass a model whose forward has no Python control flow on tensors") from None
     modules = dict(graph.named_modules())
     for node in list(graph.graph.nodes):
         bn = modules.get(node.target) if node.op == "call_module" else None

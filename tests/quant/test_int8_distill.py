@@ -102,3 +102,18 @@ def test_bad_arguments_name_the_fix(model, digits):
         distill_int8(model, digits.train.x, digits.calib.x, steps=-1)
     with pytest.raises(EdgetierError, match="calibration inputs are empty"):
         distill_int8(model, digits.train.x, digits.calib.x[:0])
+
+
+def test_a_model_torch_fx_cannot_trace_gets_one_clear_error():
+    class Loops(nn.Module):  # Python control flow on a tensor's value, like many Hugging Face forwards
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x) if x.sum() > 0 else -self.fc(x)
+
+    x = np.ones((8, 4), np.float32)
+    with pytest.raises(EdgetierError, match="cannot be traced by torch.fx") as err:
+        distill_int8(Loops(), x, x, steps=1)
+    assert "Loops" in str(err.value) and err.value.fix
