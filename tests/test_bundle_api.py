@@ -51,6 +51,8 @@ def test_int8_for_a_transformer_is_dynamic_and_smaller(tmp_path):
     # every weighted MatMul is int8 (3 MatMulInteger per layer besides QAttention, fused to DynamicQuantizeMatMul at session load) and
     # the MLP's Gelu is onnxruntime's FastGelu (tanh form; the exact erf form was the slowest float op left)
     assert "MatMul" not in ops and ops.count("MatMulInteger") == 6 and ops.count("FastGelu") == 2
+    # the fused residual + LayerNorm is split back into Sum + LayerNormalization (the faster CPU kernel)
+    assert "SkipLayerNormalization" not in ops and ops.count("LayerNormalization") == 4 and ops.count("Sum") == 4
 
 
 def test_vit_one_input_exports_logits_and_takes_a_plain_array(tmp_path):
