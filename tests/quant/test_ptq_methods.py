@@ -225,3 +225,48 @@ def test_histogram_calibrations_take_a_count_that_is_not_a_multiple_of_the_batch
     ranges = json.loads(calibrate(tiny_onnx(tmp_path / "m.onnx"), "input", x, tmp_path / "r.json", method=method,
                                   batch_size=4).read_text())["data"]
     assert "input" in ranges
+
+
+def test_calibration_in_chunks_bounds_memory_and_keeps_the_ranges(outlier_onnx, digits, tmp_path, monkeypatch):
+    """Calibration inputs are fed in chunks of at most `memory_budget` bytes of calibrated tensors (400
+    EfficientNet-Lite0 views in one piece took 20 GB with a histogram method): histogram ranges agree with
+    one piece's to a few bins; MinMax keeps only per-batch min / max, so it stays in one piece."""
+    from onnxruntime.quantization.calibrate import CalibraterBase, HistogramCalibrater, MinMaxCalibrater
+
+    import export.calibrate as cal
+
+    x = digits.calib.x[:256]
+    assert len(x) == 256
+    rows_seen: list[int] = []
+
+    def counting(original):
+        def collect(self, reader):
+            batches = list(iter(reader.get_next, None))
+            rows_seen.append(sum(len(b["input"]) for b in batches))
+            it = iter(batches)
+            reader.get_next = lambda: next(it, None)
+            return original(self, reader)
+        return collect
+
+    for klass in (MinMaxCalibrater, HistogramCalibrater):
+        monkeypatch.setattr(klass, "collect_data", counting(klass.collect_data))
+    assert issubclass(MinMaxCalibrater, CalibraterBase)
+    for method in ("minmax", "percentile", "mse", "entropy"):
+        rows_seen.clear()
+        whole = cal.calibrate(outlier_onnx, "input", x, tmp_path / f"{method}.whole.json", method=method, batch_size=32)
+        assert rows_seen == [256]  # the default budget (2 GB) holds this small MLP's 256 rows at once
+        rows_seen.clear()
+        chunked = cal.calibrate(outlier_onnx, "input", x, tmp_path / f"{method}.chunk.json", method=method,
+                                batch_size=32, memory_budget=32 * 4 * 200)  # ~200 floats per row: one batch
+        # MinMax's augmented graph returns each tensor's min / max only (a few bytes a row): one piece
+        assert rows_seen == ([256] if method == "minmax" else [32] * 8), method
+        a, b = (json.loads(p.read_text())["data"] for p in (whole, chunked))
+        assert a.keys() == b.keys()
+        for name in a:
+            (lo, hi), (clo, chi) = (a[name]["lowest"], a[name]["highest"]), (b[name]["lowest"], b[name]["highest"])
+            if method == "minmax":
+                assert (lo, hi) == (clo, chi), name  # min / max of the chunks' min / max: exact
+            elif method != "entropy":
+                # the first chunk sets the bin width (later chunks widen by whole bins): a few of one piece's bins
+                tol = 4 * (hi - lo) / 2048 + 1e-6
+                assert abs(lo - clo) <= tol and abs(hi - chi) <= tol, (method, name, (lo, hi), (clo, chi))
