@@ -10,6 +10,15 @@ float function is unchanged. The division is folded into the producer when X is 
 beta scaled), otherwise one `Mul` is inserted and shared by X's smoothed readers (post-LN BERT,
 whose LayerNorm output is also the residual).
 
+Measured 2026-12-07 on all-MiniLM-L6-v2, dynamic int8 after fusion, mean cosine of the exported
+file's embeddings to fp32 on 300 held-out stdlib docstrings (`tests/benchmarks/test_smoothquant.py`):
+plain 0.99298; LayerNorm outputs smoothed (12 activations, each by a Mul: post-LN) alpha 0.5
+0.99524 +- 0.00007 and alpha 0.8 0.99522 +- 0.00012 over three 256-sentence calibration draws
+(1 - cosine 0.68x plain), batch-1 latency 1.00x / 0.99x plain, timed alternately. What does not
+pay (`scope="all"`, one draw): smoothing the attention output too gave 0.99287 (no gain, six more
+Muls); the GELU output (FFN down projection) too gave 0.98654 at alpha 0.5 and 0.99147 at 0.8,
+worse than plain: its channel ranges moved into the 1536-row weights cost more than they saved.
+
 It runs on the graph after `fuse_transformer`, so the fused Attention still becomes QAttention.
 onnxruntime's own `quantize_static(extra_options={"SmoothQuant": True})` is not used: in
 onnxruntime 1.32 it exists only inside `quantize_static` (read in `onnxruntime/quantization/
