@@ -83,6 +83,8 @@ def _as_exported(stage: dict[str, Any], method: str | None) -> dict[str, Any]:
                "activations quantized per batch at run time (dynamic)", "calibration": None,
                "calibration_from": "none: dynamic int8 measures each batch's activation range at run time",
                "calib_samples": 0}
+    if summary.get("smoothquant"):  # the calib rows set the smoothing scales, not int8 ranges
+        summary["calibration_from"] += "; smoothquant's channel scales come from the calib split's first 256 rows"
     return {**stage, "summary": summary}
 
 

@@ -7,7 +7,9 @@ runtime executes, so that is what gets smaller. `apply` only runs the label-free
 prepare the PyTorch model for it (cross-layer equalization, bias correction,
 `compress.quant.equalize`; learned rounding, `compress.quant.learned_round`, or label-free
 distillation under simulated int8, `compress.quant.int8_distill`, whose int8 weights the
-exporter's quantizer keeps as they are) and hands the exporter an `ExportPlan`; with `max_loss` /
+exporter's quantizer keeps as they are) and hands the exporter an `ExportPlan`; `smoothquant` asks
+the exporter to smooth the activations LayerNorms write into weight MatMuls before int8
+(`export.smoothquant`; transformers exported by `compress.export`); with `max_loss` /
 `min_agreement` the exporter keeps the most sensitive layers in fp32 until the bound holds
 (`compress.quant.accuracy_aware`), except on int8-only targets, which cannot run fp32 layers.
 """

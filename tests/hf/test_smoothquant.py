@@ -175,6 +175,13 @@ def test_recipe_ptq_int8_smoothquant_reaches_the_report(tmp_path):
     entry = next(m for m in models if m["name"] == "edge")
     assert entry["smoothquant"]["alpha"] == 0.8 and entry["smoothquant"]["activations"] == 4
     assert entry["stages"][0]["summary"]["smoothquant"]["alpha"] == 0.8
+    assert "smoothquant's channel scales" in entry["stages"][0]["summary"]["calibration_from"]
+    # the same stage for a LiteRT target: refused when the recipe loads, before any work
+    recipe["variants"]["end"] = {"target": "rpi4"}
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(EdgetierError, match="smoothquant rewrites the ONNX graph"):
+        compress.run(compress.load_recipe(path), out_dir=tmp_path / "runs2")
+    assert not (tmp_path / "runs2").exists()
 
 
 @pytest.mark.parametrize("alpha", [0, 1, 1.5, -0.1])
