@@ -35,7 +35,7 @@ from export.quantize import quantize_int8_static
 from export.quantize_dynamic import fuse_transformer, int8_method, quantize_int8_dynamic
 from export.report import render_markdown
 from export.runtime import Bundle, load, open_model
-from export.smoothquant import SmoothResult
+from export.smoothquant import SmoothResult, smooth_activations
 
 __all__ = ["export"]
 
@@ -231,12 +231,10 @@ def _check_smoothquant(alpha: float | None, *, quantize: str, fmt: str, calib: A
 def _smooth(src: Path, tmp: Path, calib: Any, adapter: ModelAdapter, alpha: float | None, *,
             insert_mul: bool = True) -> tuple[Path, SmoothResult | None]:
     """Static QDQ smooths only what folds into a LayerNorm: it would quantize an inserted Mul's input,
-    outliers and all (measured on a tiny ViT with injected outlier channels: the Mul form left the
+    outliers and all (measured 2026-12-07 on a tiny ViT with injected outlier channels: the Mul form left the
     static int8 error at 0.21 of the output norm vs 0.22 without smoothing; folded, 0.09)."""
     if alpha is None:
         return src, None
-    from export.smoothquant import smooth_activations
-
     result = smooth_activations(src, tmp / "model.smooth.onnx", _calib(calib, adapter), alpha=float(alpha),
                                 insert_mul=insert_mul)
     if not result.matmuls:
