@@ -58,7 +58,8 @@ def deploy_adapted(model: nn.Module, spec: BundleSpec, *, data: Dataset, example
     tokenizer = _tokenizer_of(model)
     bundle = export(model, target=spec.target, out_dir=out_dir, data=data.test.x[:64], calib=data.calib.x,
                     name=spec.name, quantize="int8" if export_plan and export_plan.quantize else "none",
-                    tokenizer=tokenizer, labels=data.labels)
+                    tokenizer=tokenizer, labels=data.labels,
+                    smoothquant=export_plan.smoothquant if export_plan else None)
     report = json.loads((out_dir / "report.json").read_text(encoding="utf-8"))
     entry = report["models"][0]
     entry["stages"] = [_as_exported(s.to_dict(), entry.get("int8_method")) for s in stages]
@@ -82,6 +83,8 @@ def _as_exported(stage: dict[str, Any], method: str | None) -> dict[str, Any]:
                "activations quantized per batch at run time (dynamic)", "calibration": None,
                "calibration_from": "none: dynamic int8 measures each batch's activation range at run time",
                "calib_samples": 0}
+    if summary.get("smoothquant"):  # the calib rows set the smoothing scales, not int8 ranges
+        summary["calibration_from"] += "; smoothquant's channel scales come from the calib split's first 256 rows"
     return {**stage, "summary": summary}
 
 

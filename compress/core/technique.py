@@ -42,11 +42,13 @@ class ExportPlan:
     min_agreement: float | None = None  # ... or until top-1 agreement with fp32 is at least this
     fallback: bool = True  # False on int8-only targets: the bound is measured and reported, never met by fp32 layers
     activations: str = "int8"  # int8_static's activation storage: int8 or uint8 (export.quantize explains when)
+    smoothquant: float | None = None  # SmoothQuant alpha: smooth LayerNorm outputs before int8 (export.smoothquant)
 
     def to_dict(self) -> dict[str, Any]:
         return {"quantize": self.quantize, "per_channel": self.per_channel, "calib_samples": self.calib_samples,
                 "exporter": self.exporter, "calibration": self.calibration, "max_loss": self.max_loss,
-                "min_agreement": self.min_agreement, "fallback": self.fallback, "activations": self.activations}
+                "min_agreement": self.min_agreement, "fallback": self.fallback, "activations": self.activations,
+                "smoothquant": self.smoothquant}
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ runtime executes, so that is what gets smaller. `apply` only runs the label-free
 prepare the PyTorch model for it (cross-layer equalization, bias correction,
 `compress.quant.equalize`; learned rounding, `compress.quant.learned_round`, or label-free
 distillation under simulated int8, `compress.quant.int8_distill`, whose int8 weights the
-exporter's quantizer keeps as they are) and hands the exporter an `ExportPlan`; with `max_loss` /
+exporter's quantizer keeps as they are) and hands the exporter an `ExportPlan`; `smoothquant` asks
+the exporter to smooth the activations LayerNorms write into weight MatMuls before int8
+(`export.smoothquant`; transformers exported by `compress.export`); with `max_loss` /
 `min_agreement` the exporter keeps the most sensitive layers in fp32 until the bound holds
 (`compress.quant.accuracy_aware`), except on int8-only targets, which cannot run fp32 layers.
 """
@@ -20,6 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from compress.core.adapter import AdaptedModule
 from compress.core.config import TechniqueConfig
 from compress.core.context import Context
 from compress.core.errors import EdgetierError
@@ -37,6 +40,16 @@ class Int8DistillSpec(BaseModel):
     lr: float = Field(2e-5, gt=0, le=1, description="Adam learning rate, decayed to 0 by a cosine")
     batch_size: int = Field(16, ge=1, le=4096)
     samples: int | None = Field(None, gt=0, description="unlabeled training inputs drawn from (default: all)")
+
+
+class SmoothQuantSpec(BaseModel):
+    """SmoothQuant-style smoothing of the activations LayerNorms write into weight MatMuls, applied to the
+    exported graph before int8 (`export.smoothquant`): calibrated on unlabelled rows, fp32 unchanged."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    alpha: float = Field(0.5, gt=0, lt=1, description="how much of the activations' range moves into the weights: "
+                         "s_j = max|x_j|^alpha / max|w_j|^(1 - alpha)")
 
 
 class PTQInt8Config(TechniqueConfig):
@@ -62,6 +75,9 @@ class PTQInt8Config(TechniqueConfig):
                                    "the int8 file loses at most this many points of validation accuracy")
     min_agreement: float | None = Field(None, gt=0, le=1, description="accuracy-aware without labels: until "
                                         "the int8 file keeps fp32's top-1 answer on this share of validation inputs")
+    smoothquant: SmoothQuantSpec | None = Field(
+        None, description="SmoothQuant-style smoothing of LayerNorm outputs into the MatMul weights before int8 "
+        "(transformers exported through compress.export; an ONNX target)")
     activations: Literal["int8", "uint8"] = Field(
         "int8", description="how the ONNX file stores activations: int8 (onnxruntime's default S8S8) or uint8, which "
         "onnxruntime on x86 fuses into integer kernels even where a tensor feeds two layers (export.quantize)")
@@ -102,12 +118,25 @@ class PTQInt8Config(TechniqueConfig):
                 f"learned_rounding is checked to survive onnxruntime's int8 quantizer only (its weights are written "
                 f"on that grid); target {target.name!r} exports {target.export_format} through PT2E",
                 fix="remove learned_rounding for this variant, or export it to an onnxruntime target")
+        if self.smoothquant is not None and target.runtime != "onnxruntime":
+            raise EdgetierError(
+                f"smoothquant rewrites the ONNX graph before onnxruntime's int8 quantizer; target {target.name!r} "
+                f"exports {target.export_format} through PT2E", where="ptq_int8.smoothquant",
+                fix="remove smoothquant for this variant, or export it to an onnxruntime target")
         if (self.max_loss is not None or self.min_agreement is not None) and target.runtime != "onnxruntime" \
                 and not int8_only(target):
             raise EdgetierError(
                 f"the accuracy-aware mode (max_loss / min_agreement) keeps layers in fp32 through onnxruntime's "
                 f"quantizer; target {target.name!r} exports {target.export_format}",
                 fix="remove max_loss / min_agreement for this variant, or export it to an onnxruntime target")
+
+    def check_model(self, model: nn.Module, target: Target | None) -> None:
+        if self.smoothquant is not None and not isinstance(model, AdaptedModule):
+            raise EdgetierError(
+                f"smoothquant acts where compress.export quantizes a transformer graph (Hugging Face models); this "
+                f"variant's {type(model).__name__} is exported by the static QDQ path, which does not smooth",
+                where="ptq_int8.smoothquant", fix="remove smoothquant for this variant, or load the model with "
+                "compress.models.hf.load_hf")
 
 
 class PTQInt8(BaseTechnique):
@@ -161,6 +190,9 @@ class PTQInt8(BaseTechnique):
                 ctx.progress.done(task)
                 report["distill"] = {**done.to_dict(), "inputs": "train split, labels unused",
                                      "lr": spec.lr, "batch_size": spec.batch_size}
+        if cfg.smoothquant is not None:
+            report["smoothquant"] = {"alpha": cfg.smoothquant.alpha, "applied": "by the exporter, on the ONNX graph "
+                                     "before int8 (the model's report entry says what it smoothed)"}
         bound = cfg.max_loss is not None or cfg.min_agreement is not None
         fallback = bound and not int8_only(ctx.target)
         if bound and not fallback:
@@ -169,5 +201,6 @@ class PTQInt8(BaseTechnique):
                 "measured and reported but only calibration / equalization / bias correction can meet it")
         plan = ExportPlan(quantize="int8_static", per_channel=cfg.per_channel, calib_samples=cfg.calib_samples,
                           calibration=calibration, max_loss=cfg.max_loss, min_agreement=cfg.min_agreement,
-                          fallback=fallback, activations=cfg.activations)
+                          fallback=fallback, activations=cfg.activations,
+                          smoothquant=cfg.smoothquant.alpha if cfg.smoothquant else None)
         return Result(model, report, export=plan)
