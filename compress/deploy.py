@@ -135,7 +135,8 @@ def _export_float(model: nn.Module, spec: BundleSpec, example_inputs: tuple[torc
         search = accuracy_aware_int8(fp32_path, tmp / "model.onnx", calib, data.val.x, data.val.y,
                                      max_loss=export_plan.max_loss, min_agreement=export_plan.min_agreement,
                                      calibration=export_plan.calibration, per_channel=export_plan.per_channel,
-                                     fallback=export_plan.fallback, activations=export_plan.activations)
+                                     fallback=export_plan.fallback, activations=export_plan.activations,
+                                     reference=export_plan.reference)
         final_path, extra["accuracy_aware"] = search.path, search.to_dict()
     else:
         final_path = quantize_int8_static(fp32_path, tmp / "model.onnx", calib, per_channel=export_plan.per_channel,
@@ -350,5 +351,6 @@ def _manifest(spec: BundleSpec, data: Dataset, example_inputs: tuple[torch.Tenso
         "output": {"name": "logits", "shape": [None, data.num_classes]},
         "labels": list(data.labels),
         "model": {"file": "model.onnx", "format": "onnx", "precision": precision},
-        "export_plan": export_plan.to_dict() if export_plan else None,
+        # the reference is a file of the build machine's run folder, not part of the bundle
+        "export_plan": {k: v for k, v in export_plan.to_dict().items() if k != "reference"} if export_plan else None,
     }

@@ -43,12 +43,15 @@ class ExportPlan:
     fallback: bool = True  # False on int8-only targets: the bound is measured and reported, never met by fp32 layers
     activations: str = "int8"  # int8_static's activation storage: int8 or uint8 (export.quantize explains when)
     smoothquant: float | None = None  # SmoothQuant alpha: smooth LayerNorm outputs before int8 (export.smoothquant)
+    # fp32 ONNX of the model before int8 preparation (bias correction, learned rounding, int8 distillation): the
+    # accuracy-aware bound is measured against it and fp32 layers take its weights (compress.quant.accuracy_aware)
+    reference: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"quantize": self.quantize, "per_channel": self.per_channel, "calib_samples": self.calib_samples,
                 "exporter": self.exporter, "calibration": self.calibration, "max_loss": self.max_loss,
                 "min_agreement": self.min_agreement, "fallback": self.fallback, "activations": self.activations,
-                "smoothquant": self.smoothquant}
+                "smoothquant": self.smoothquant, "reference": self.reference}
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,11 @@ A layer falls back together with the path that feeds it from the previous weight
 layer included): in a QDQ graph a tensor is quantized when its producer *or* any consumer is, so
 keeping only a layer in fp32 would still feed it a quantized input. The report names every
 fallback layer and the size the fallback costs.
+
+When the file to quantize was prepared for int8 (bias correction, learned rounding, int8
+distillation), its weights only make sense rounded: pass the model before that preparation as
+`reference` (same graph). The bound is then measured against the reference's outputs, and every
+layer kept in fp32 takes its weights and bias back from it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from export.errors import ExportError
 from export.quantize import Int8Quantizer
 from export.runtime import open_model
 
@@ -84,6 +92,54 @@ def fallback_units(model_path: str | os.PathLike[str], layers: tuple[str, ...]) 
     return units
 
 
+def _layer_tensors(path: Path, nodes: tuple[str, ...]) -> list[tuple[str, str, dict[int, np.ndarray]]]:
+    """Per weighted node of a pre-processed file, in graph order: (name, op type, {input slot: initializer})."""
+    graph = onnx.load(os.fspath(path)).graph
+    inits = {i.name: i for i in graph.initializer}
+    wanted = set(nodes)
+    return [(n.name, n.op_type, {k: numpy_helper.to_array(inits[t]) for k, t in enumerate(n.input) if k and t in inits})
+            for n in graph.node if n.name in wanted]
+
+
+def _shape(tensors: dict[int, np.ndarray]) -> tuple[int, ...] | None:
+    return tensors[1].shape if 1 in tensors else None
+
+
+def _reference_restorer(quantizer: Int8Quantizer, reference: Path) -> Callable[[Path, set[str]], None]:
+    """A function putting `reference`'s weights and biases back into the fp32 layers of a file `quantizer` wrote.
+
+    The reference is pre-processed like the source and its weighted layers are matched in graph order,
+    which must agree in op type and weight shape (only the values may differ)."""
+    pre = Path(quantizer.pre).with_name("reference.pre.onnx")
+    quant_pre_process(os.fspath(reference), os.fspath(pre))
+    ours = _layer_tensors(quantizer.pre, quantizer.nodes)
+    graph = onnx.load(os.fspath(pre), load_external_data=False).graph
+    theirs = _layer_tensors(pre, tuple(n.name for n in graph.node if n.op_type in {op for _, op, _ in ours}))
+    same = len(ours) == len(theirs) and all(
+        a[1] == b[1] and _shape(a[2]) == _shape(b[2]) for a, b in zip(ours, theirs, strict=False))
+    if not same:
+        raise ExportError(f"the reference file has another graph than the file to quantize ({len(theirs)} weighted "
+                          f"layers against {len(ours)}, or other types / weight shapes)", where=os.fspath(reference),
+                          fix="export the reference from the same architecture, before bias correction / learned "
+                              "rounding / int8 distillation changed its values")
+    restore: dict[str, dict[int, np.ndarray]] = {}
+    for (name, _op, mine), (_n, _o, ref) in zip(ours, theirs, strict=True):
+        # a bias the preparation added (bias correction gives one to layers without) is zero in the reference
+        restore[name] = {k: ref.get(k, np.zeros_like(v)) for k, v in mine.items()}
+
+    def put_back(path: Path, excluded: set[str]) -> None:
+        model = onnx.load(os.fspath(path))
+        inits = {i.name: i for i in model.graph.initializer}
+        for node in model.graph.node:
+            for k, value in restore.get(node.name, {}).items() if node.name in excluded else ():
+                init = inits.get(node.input[k]) if k < len(node.input) else None
+                if init is not None and init.data_type == onnx.TensorProto.FLOAT and tuple(init.dims) == value.shape:
+                    init.CopyFrom(numpy_helper.from_array(value.astype(np.float32), init.name))
+        onnx.save(model, os.fspath(path))
+
+    return put_back
+
+
 def _outputs(path: Path, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     session = open_model(path, threads=1)
     name = session.get_inputs()[0].name
@@ -104,19 +160,24 @@ def accuracy_aware_int8(
     fallback: bool = True,
     progress: Callable[[str], None] | None = None,
     activations: str = "int8",
+    reference: str | os.PathLike[str] | None = None,
 ) -> AccuracyAwareResult:
     """Quantize `fp32_path` to int8 at `dst`, falling back layers to fp32 until the bound holds on `val_x`.
 
     Exactly one of `max_loss` (points of accuracy on `val_y`) and `min_agreement` (share of
     `val_x` whose top-1 answer matches the fp32 file) is given. With `fallback=False` (an
-    int8-only target) the all-int8 file is measured and returned as it is.
+    int8-only target) the all-int8 file is measured and returned as it is. `reference`: the fp32 file
+    of the model before int8 preparation (module docstring); the bound is measured against it.
     """
     if (max_loss is None) == (min_agreement is None):
         raise ValueError("give exactly one of max_loss and min_agreement")
     if max_loss is not None and val_y is None:
         raise ValueError("max_loss needs validation labels; use min_agreement without labels")
     dst = Path(dst)
-    ref = _outputs(Path(fp32_path), val_x)
+    if reference is not None and not Path(reference).is_file():
+        raise ExportError("reference ONNX file not found", where=os.fspath(reference),
+                          fix="export the model before int8 preparation to that path, or leave reference out")
+    ref = _outputs(Path(reference if reference is not None else fp32_path), val_x)
     fp32_acc = float((ref.argmax(1) == val_y).mean()) if val_y is not None else None
 
     def measure(out: np.ndarray) -> float:  # the bound's metric: loss in points, or agreement share
@@ -131,7 +192,16 @@ def accuracy_aware_int8(
     say = progress or (lambda _msg: None)
     with Int8Quantizer(fp32_path, calib_x, calibration=calibration) as quantizer:
         tmp = Path(quantizer.cache).parent
-        int8_path = quantizer.write(tmp / "all-int8.onnx", per_channel=per_channel, activations=activations)
+        put_back = _reference_restorer(quantizer, Path(reference)) if reference is not None else None
+
+        def write(name: str, exclude: set[str]) -> Path:
+            path = quantizer.write(tmp / name, per_channel=per_channel, nodes_to_exclude=sorted(exclude),
+                                   activations=activations)
+            if put_back is not None and exclude:
+                put_back(path, exclude)
+            return path
+
+        int8_path = write("all-int8.onnx", set())
         out = _outputs(int8_path, val_x)
         int8_metric = final_metric = measure(out)
         chosen: list[str] = []
@@ -141,15 +211,13 @@ def accuracy_aware_int8(
             units = fallback_units(quantizer.pre, quantizer.nodes)
             errors = {}
             for i, layer in enumerate(quantizer.nodes):
-                trial = quantizer.write(tmp / "trial.onnx", per_channel=per_channel, nodes_to_exclude=units[layer],
-                                       activations=activations)
+                trial = write("trial.onnx", set(units[layer]))
                 errors[layer] = float(np.mean((_outputs(trial, val_x) - ref) ** 2))
                 say(f"sensitivity {i + 1}/{len(quantizer.nodes)}: {layer} -> output MSE {errors[layer]:.3g}")
             for layer in sorted(errors, key=errors.__getitem__):  # lowest error when in fp32 = most sensitive
                 chosen.append(layer)
                 excluded |= set(units[layer])
-                best_path = quantizer.write(tmp / f"fallback-{len(chosen)}.onnx", per_channel=per_channel,
-                                            nodes_to_exclude=sorted(excluded), activations=activations)
+                best_path = write(f"fallback-{len(chosen)}.onnx", excluded)
                 out = _outputs(best_path, val_x)
                 final_metric = measure(out)
                 say(f"fallback {len(chosen)}: {layer} -> {bound.split()[0]} metric {final_metric:.4g}")

@@ -17,6 +17,8 @@ the exporter to smooth the activations LayerNorms write into weight MatMuls befo
 from __future__ import annotations
 
 import copy
+import tempfile
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -139,6 +141,23 @@ class PTQInt8Config(TechniqueConfig):
                 "compress.models.hf.load_hf")
 
 
+_KEPT: list[tempfile.TemporaryDirectory] = []  # reference files of stages run outside a pipeline (no workdir)
+
+
+def _export_reference(model: nn.Module, ctx: Context) -> str:
+    """The fp32 ONNX file of `model` in the stage's folder (kept with the run's checkpoints, so a resumed run
+    finds it), or in a folder kept until the process exits when the stage runs outside a pipeline."""
+    from export.onnx import export_onnx
+
+    if ctx.workdir is not None:
+        folder = ctx.workdir
+    else:
+        _KEPT.append(tempfile.TemporaryDirectory(prefix="edgetier-ptq-"))
+        folder = Path(_KEPT[-1].name)
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(export_onnx(copy.deepcopy(model).eval(), ctx.example_inputs, folder / "reference.fp32.onnx"))
+
+
 class PTQInt8(BaseTechnique):
     config_type = PTQInt8Config
     config: PTQInt8Config
@@ -156,6 +175,7 @@ class PTQInt8(BaseTechnique):
             "calibration": calibration, "calibration_from": "recipe" if cfg.calibration else "target default",
             "per_channel": cfg.per_channel, "calib_samples": cfg.calib_samples, "activations": cfg.activations,
             "notes": []}
+        reference: str | None = None
         if cfg.equalize or cfg.bias_correction or cfg.learned_rounding or cfg.distill:
             from compress.quant.equalize import bias_correct, equalize
 
@@ -167,6 +187,12 @@ class PTQInt8(BaseTechnique):
             if cfg.equalize:
                 model, pairs = equalize(model)
                 report["equalized_pairs"] = len(pairs)
+            bound = cfg.max_loss is not None or cfg.min_agreement is not None
+            if bound and not litert and (cfg.bias_correction or cfg.learned_rounding or cfg.distill):
+                reference = _export_reference(model, ctx)
+                report["bound_reference"] = ("the model before bias correction / learned rounding / distillation "
+                                             "(after equalization, which keeps its function): the bound is measured "
+                                             "against it and layers kept in fp32 take its weights")
             if cfg.bias_correction:
                 report["bias_corrected_layers"] = len(bias_correct(model, calib, per_channel=cfg.per_channel))
             if cfg.learned_rounding:  # last: it puts the weights on the int8 grid the exporter keeps
@@ -202,5 +228,5 @@ class PTQInt8(BaseTechnique):
         plan = ExportPlan(quantize="int8_static", per_channel=cfg.per_channel, calib_samples=cfg.calib_samples,
                           calibration=calibration, max_loss=cfg.max_loss, min_agreement=cfg.min_agreement,
                           fallback=fallback, activations=cfg.activations,
-                          smoothquant=cfg.smoothquant.alpha if cfg.smoothquant else None)
+                          smoothquant=cfg.smoothquant.alpha if cfg.smoothquant else None, reference=reference)
         return Result(model, report, export=plan)

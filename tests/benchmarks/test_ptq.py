@@ -36,8 +36,10 @@ then the greedy fallback stayed at 85-96 % until all 47 weighted layers were fp3
 fp32 size): the error is spread over the layers, as the per-layer ablation found. That fully
 fallen-back file kept top-1 on only 92 % of the held-out views: its biases are the bias-corrected
 ones, which compensate a rounding that no longer happens, and the search measured agreement with
-the bias-corrected fp32 file rather than the original (a `ptq_int8` stage combining
-`bias_correction` or `learned_rounding` with `min_agreement` / `max_loss` does the same; left open).
+the bias-corrected fp32 file rather than the original. Fixed the same evening:
+`accuracy_aware_int8(reference=...)` measures the bound against the model before bias correction /
+learned rounding / int8 distillation and gives fp32 layers its weights back; `ptq_int8` passes it
+(tests/quant/test_ptq_methods.py: everything fallen back now repeats the reference exactly).
 
     OMP_NUM_THREADS=1 .venv/bin/python -m pytest -m benchmark tests/benchmarks/test_ptq.py -s
 """

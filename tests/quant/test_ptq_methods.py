@@ -10,6 +10,7 @@ bound by far; falling back the layers around that tensor meets it.
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -25,6 +26,7 @@ from compress.quant.equalize import bias_correct, equalize, quantize_weight
 from compress.quant.ptq import PTQInt8Config
 from compress.targets import load_target
 from export.calibrate import mse_range
+from export.errors import ExportError
 from export.onnx import export_onnx
 from export.quantize import Int8Quantizer
 from export.runtime import open_model
@@ -267,3 +269,42 @@ def test_calibration_in_chunks_bounds_memory_and_keeps_the_ranges(outlier_onnx, 
                 # the first chunk sets the bin width (later chunks widen by whole bins): a few of one piece's bins
                 tol = 4 * (hi - lo) / 2048 + 1e-6
                 assert abs(lo - clo) <= tol and abs(hi - chi) <= tol, (method, name, (lo, hi), (clo, chi))
+
+
+def test_accuracy_aware_fallback_after_bias_correction_restores_the_reference(outlier_model, digits, tmp_path):
+    """Bias correction makes the fp32 file right only when rounded: a layer kept in fp32 must take the
+    reference's (uncorrected) weights and bias, and the bound is about the reference's answers. An
+    unreachable bound (agreement above 100 %) makes every layer fall back, so the file is all fp32."""
+    prepared = copy.deepcopy(outlier_model)
+    assert bias_correct(prepared, digits.calib.x)
+    example = (torch.zeros(1, 1, 8, 8),)
+    reference = export_onnx(outlier_model, example, tmp_path / "reference.onnx")
+    corrected = export_onnx(prepared, example, tmp_path / "corrected.onnx")
+    ref = _run(reference, digits.val.x)
+    kw = dict(min_agreement=1.01, calibration="minmax")  # never holds: everything falls back
+    plain = accuracy_aware_int8(corrected, tmp_path / "plain.onnx", digits.calib.x, digits.val.x, **kw)
+    restored = accuracy_aware_int8(corrected, tmp_path / "restored.onnx", digits.calib.x, digits.val.x,
+                                   reference=reference, **kw)
+    assert len(restored.fallback) == 3 and not restored.met
+    # fp32 graphs of one model: the same sums, possibly in another order (float rounding, ~1e-6 of the
+    # logits' scale); the corrected biases move the logits by far more (measured ~1e-2)
+    scale = float(np.abs(ref).max())
+    assert np.abs(_run(restored.path, digits.val.x) - ref).max() <= 1e-5 * scale
+    assert np.abs(_run(plain.path, digits.val.x) - ref).max() > 1e-3 * scale
+    assert restored.final_metric == 1.0  # against the reference, whose outputs the file repeats (diff 0.0 measured)
+
+
+def test_accuracy_aware_reference_must_be_the_same_graph(outlier_onnx, digits, tmp_path):
+    other = export_onnx(_mlp(64).eval(), (torch.zeros(1, 1, 8, 8),), tmp_path / "other.onnx")
+    wider = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    with pytest.raises(ExportError, match="another graph"):
+        accuracy_aware_int8(outlier_onnx, tmp_path / "q.onnx", digits.calib.x, digits.val.x, min_agreement=0.99,
+                            reference=export_onnx(wider, (torch.zeros(1, 1, 8, 8),), tmp_path / "wider.onnx"))
+    with pytest.raises(ExportError, match="not found"):
+        accuracy_aware_int8(outlier_onnx, tmp_path / "q.onnx", digits.calib.x, digits.val.x, min_agreement=0.99,
+                            reference=tmp_path / "missing.onnx")
+    assert not (tmp_path / "q.onnx").exists()  # nothing written
+    # the same architecture with other values is accepted
+    result = accuracy_aware_int8(outlier_onnx, tmp_path / "q.onnx", digits.calib.x, digits.val.x, min_agreement=0.5,
+                                 reference=other)
+    assert result.path.exists()

@@ -3,6 +3,8 @@ the accuracy-aware search reports its numbers, and an int8-only target says it c
 
 from __future__ import annotations
 
+import json
+
 import compress
 
 
@@ -21,6 +23,13 @@ def test_ptq_options_in_a_run(tiny_recipe, write_recipe, tmp_path):
     search = edge["parity"]["accuracy_aware"]
     assert search["bound"] == "min_agreement 90 %" and search["met"]
     assert edge["parity"]["calibration"] == "mse" and edge["precision"] == "int8"
+    # bias correction and learned rounding change the fp32 model: the bound is about the model before them,
+    # exported into the stage's folder of the run (kept with its checkpoints for a resumed run) ...
+    assert "before bias correction" in summary["bound_reference"]
+    assert list((tmp_path / "runs").glob("*/checkpoints/edge/*/reference.fp32.onnx"))
+    # ... and that build-machine path stays out of the bundle
+    manifest = json.loads((run.bundles["edge"] / "manifest.json").read_text())
+    assert manifest["export_plan"]["quantize"] == "int8_static" and "reference" not in manifest["export_plan"]
 
 
 def test_int8_only_target_reports_no_fallback():
