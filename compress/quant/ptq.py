@@ -175,6 +175,7 @@ class PTQInt8(BaseTechnique):
             "calibration": calibration, "calibration_from": "recipe" if cfg.calibration else "target default",
             "per_channel": cfg.per_channel, "calib_samples": cfg.calib_samples, "activations": cfg.activations,
             "notes": []}
+        bound = cfg.max_loss is not None or cfg.min_agreement is not None
         reference: str | None = None
         if cfg.equalize or cfg.bias_correction or cfg.learned_rounding or cfg.distill:
             from compress.quant.equalize import bias_correct, equalize
@@ -187,7 +188,6 @@ class PTQInt8(BaseTechnique):
             if cfg.equalize:
                 model, pairs = equalize(model)
                 report["equalized_pairs"] = len(pairs)
-            bound = cfg.max_loss is not None or cfg.min_agreement is not None
             if bound and not litert and (cfg.bias_correction or cfg.learned_rounding or cfg.distill):
                 reference = _export_reference(model, ctx)
                 report["bound_reference"] = ("the model before bias correction / learned rounding / distillation "
@@ -219,7 +219,6 @@ class PTQInt8(BaseTechnique):
         if cfg.smoothquant is not None:
             report["smoothquant"] = {"alpha": cfg.smoothquant.alpha, "applied": "by the exporter, on the ONNX graph "
                                      "before int8 (the model's report entry says what it smoothed)"}
-        bound = cfg.max_loss is not None or cfg.min_agreement is not None
         fallback = bound and not int8_only(ctx.target)
         if bound and not fallback:
             report["notes"].append(
