@@ -8,5 +8,7 @@ Each technique is a config plus a technique class, registered in `compress.regis
 - `lottery.LotteryTicketConfig` (`lottery_ticket`) — iterative magnitude pruning with rewinding;
 - `snip.SnipConfig` (`snip`) — connection sensitivity at initialization.
 
-`masks` holds what the three weight-level techniques share; `graph` the torch-pruning wiring.
+`masks` holds what the three weight-level techniques share; `graph` the torch-pruning wiring;
+`reconstruct` the label-free least-squares repair (`refit_linears`, and `prune_and_refit`, which
+also chooses the channels a pointwise layer reads by their least-squares cost).
 """

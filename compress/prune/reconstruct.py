@@ -11,17 +11,28 @@ reconstruction of Kwon et al., "A Fast Post-Training Pruning Framework for Trans
 (NeurIPS 2022). On all-MiniLM-L6-v2 with 25 % of heads and 50 % of MLP channels pruned it lifts
 the mean embedding cosine to the unpruned model from 0.62 to 0.84 on 512 sentences, before any
 training (tests/benchmarks/test_your_own_model.py); distillation then starts from there.
+
+`prune_and_refit` also *chooses* what to remove the same way, for channels that one pointwise layer
+reads (a 1x1 convolution or a Linear: an inverted-residual block's projection, a classifier): from
+the Gram matrix of that layer's inputs on calibration data it drops, one at a time, the input
+channel whose removal raises the least-squares error least (the Optimal Brain Surgeon update for a
+linear layer, as in He et al., "Channel Pruning for Accelerating Very Deep Neural Networks", ICCV
+2017, and Kurtic et al., "ZipLM", NeurIPS 2023), removes those channels and everything that only
+produced them with torch-pruning, and gives the layer the least-squares weights for the channels
+left. Block by block in forward order, each fit also absorbs the drift of the blocks before it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["refit_linears"]
+from compress.core.errors import EdgetierError
+
+__all__ = ["prune_and_refit", "refit_linears"]
 
 
 class _Stop(Exception):
@@ -142,3 +153,249 @@ def refit_linears(model: nn.Module, reference: nn.Module, layers: Sequence[str],
         model.train(was[0])
         reference.train(was[1])
     return errors
+
+
+_POINTWISE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def _check_pointwise(name: str, layer: nn.Module) -> None:
+    if isinstance(layer, nn.Linear):
+        return
+    if not isinstance(layer, (nn.Conv1d, nn.Conv2d)) or layer.groups != 1 or \
+            any(k != 1 for k in layer.kernel_size) or any(s != 1 for s in layer.stride) or \
+            any(p != 0 for p in (layer.padding if isinstance(layer.padding, tuple) else (1,))):
+        raise EdgetierError(f"layer {name!r} ({type(layer).__name__}) is not a pointwise layer: prune_and_refit "
+                            "refits a Linear or a 1x1 convolution (stride 1, no padding, groups 1) from the "
+                            "channels it reads", where="prune_and_refit(layers=...)",
+                            fix="name the layer that reads the channels to prune, e.g. a block's projection")
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """[N, C, *spatial] (or [..., C] for a Linear's input) as rows of C."""
+    return x.movedim(1, -1).reshape(-1, x.shape[1]) if x.dim() > 2 else x.reshape(-1, x.shape[-1])
+
+
+class _Tap:
+    """Forward hooks that keep a layer's input, its norm's output and a target module's output."""
+
+    def __init__(self, model: nn.Module, layer: nn.Module, norm: nn.Module | None, target: nn.Module | None) -> None:
+        self.model, self.got = model, {}
+        self.handles = [layer.register_forward_pre_hook(lambda _m, a: self.got.__setitem__("input", a[0])),
+                        layer.register_forward_hook(lambda _m, _a, o: self.got.__setitem__("output", o))]
+        if norm is not None:
+            self.handles.append(norm.register_forward_hook(lambda _m, _a, o: self.got.__setitem__("norm", o)))
+        self.handles.append((target or layer).register_forward_hook(self._stop))
+
+    def _stop(self, _m: nn.Module, _a: Any, out: torch.Tensor) -> None:
+        self.got["target"] = out
+        raise _Stop
+
+    def __call__(self, inputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        self.got = {}
+        try:
+            self.model(*inputs)
+        except _Stop:
+            pass
+        return self.got
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _norm_after(model: nn.Module, layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> str | None:
+    """The name of the BatchNorm that reads `layer`'s output directly, if one does."""
+    out: list[torch.Tensor] = []
+    found: list[str] = []
+    handles = [layer.register_forward_hook(lambda _m, _a, o: out.append(o))]
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            handles.append(module.register_forward_pre_hook(
+                lambda _m, a, n=name: found.append(n) if out and a[0] is out[-1] else None))
+    try:
+        model(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found[0] if found else None
+
+
+def _greedy_drop(gram: torch.Tensor, cross: torch.Tensor, drop: int, weight: torch.Tensor) -> torch.Tensor:
+    """Indices of the `drop` input columns (never the last, the constant) whose removal, one at a time,
+    raises the weighted least-squares error least: the OBS update on the inverse Gram matrix."""
+    k = gram.shape[0] - 1
+    inverse = torch.linalg.inv(gram)
+    solution = inverse @ cross
+    dropped: list[int] = []
+    for _ in range(drop):
+        cost = (solution[:k].pow(2) * weight).sum(1) / inverse.diagonal()[:k].clamp_min(1e-30)
+        cost[dropped] = float("inf")
+        j = int(cost.argmin())
+        column = inverse[:, j].clone()
+        solution -= torch.outer(column, solution[j]) / column[j]
+        inverse -= torch.outer(column, column) / column[j]
+        inverse[j], inverse[:, j], solution[j] = 0.0, 0.0, 0.0
+        dropped.append(j)
+    return torch.tensor(sorted(dropped), dtype=torch.long)
+
+
+def _fit_error(solution: torch.Tensor, cols: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor,
+               energy: torch.Tensor, weight: torch.Tensor) -> float:
+    """Relative weighted residual of `solution` on columns `cols`, from the normal equations."""
+    squared = (solution * (gram[cols][:, cols] @ solution)).sum(0) - 2 * (solution * cross[cols]).sum(0) + energy
+    total = (energy * weight).sum().clamp_min(1e-30)
+    return round(float((squared.clamp_min(0) * weight).sum() / total) ** 0.5, 4)
+
+
+def _depthwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv1d | nn.Conv2d) and module.groups == module.in_channels > 1
+
+
+def _check_group(name: str, layer: nn.Module, group: Any, names: dict[int, str]) -> None:
+    """The channels must be made by one layer and read by `layer` alone (depthwise convolutions and
+    norms in between): another reader would be left with the wrong inputs, and channels that several
+    layers add up (a residual stream) or that come from the model's input cannot go."""
+    producers = [names.get(id(dep.target.module), "?") for dep, _idxs in group if getattr(dep.handler, "__name__", "") == "prune_out_channels"
+                 and isinstance(dep.target.module, _POINTWISE) and not _depthwise(dep.target.module)]
+    where, fix = "prune_and_refit(layers=...)", "name layers whose inputs one layer makes and no other layer reads " \
+                                                "(inside a block, not the residual stream)"
+    if not producers:
+        raise EdgetierError(f"no layer produces the input channels of {name!r} (they come from the model's input, "
+                            "or through an operation torch-pruning cannot shrink)", where=where, fix=fix)
+    if len(producers) > 1:
+        raise EdgetierError(f"the input channels of {name!r} are the sum or concatenation of several layers' outputs "
+                            f"({', '.join(producers)}), a residual stream", where=where, fix=fix)
+    for dep, _idxs in group:
+        module = dep.target.module
+        if module is layer or getattr(dep.handler, "__name__", "") != "prune_in_channels" or _depthwise(module):
+            continue
+        raise EdgetierError(f"the input channels of {name!r} are also read by {type(module).__name__} "
+                            f"{names.get(id(module), '?')!r}, which a refit of {name!r} cannot make up for", where=where, fix=fix)
+
+
+@torch.no_grad()
+def prune_and_refit(model: nn.Module, reference: nn.Module, layers: Sequence[str],
+                    batches: Sequence[tuple[torch.Tensor, ...]], *, ratio: float | Mapping[str, float],
+                    example_inputs: tuple[torch.Tensor, ...], match: Mapping[str, str] | None = None,
+                    ridge: float = 1e-3, log: Callable[[str, dict[str, Any]], None] | None = None,
+                    ) -> dict[str, dict[str, Any]]:
+    """Remove `ratio` of the input channels of each pointwise layer in `layers` (forward order) from
+    `model`, chosen and refit so that the layer's output matches unpruned `reference`'s on `batches`
+    (unlabeled inputs); returns per layer the channel counts and relative errors. `ratio` may be a
+    mapping from layer to ratio; 0 refits a layer without removing anything (e.g. an expansion that
+    reads a drifted residual stream, refit before its block's projection is pruned).
+
+    The channels go with everything that only produced them (the depthwise convolution, norms and
+    expansion before a projection), removed by torch-pruning; a layer whose inputs another layer
+    also reads (a residual stream) is refused. When a BatchNorm reads the layer's output, the fit is
+    made through it (its running mean takes the new bias). `match[layer]` names a module whose
+    output is the target instead — e.g. the block, so that a residual block's sum matches the
+    unpruned one and the projection also makes up for the drift of the residual stream; that
+    module's output must be the layer's (or its norm's) output plus terms that do not depend on it.
+    `ridge` adds that share of the mean input energy to the Gram matrix's diagonal. Errors are the
+    fit's residual over the target's norm, on `batches`: `error_kept_all` with every channel
+    refit, `error` after the removal.
+
+    >>> import copy
+    >>> _ = torch.manual_seed(0)
+    >>> ref = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))
+    >>> model = copy.deepcopy(ref)
+    >>> report = prune_and_refit(model, ref, ["2"], [(torch.randn(256, 8),)], ratio=0.5,
+    ...                          example_inputs=(torch.randn(1, 8),))
+    >>> model[0].out_features, model[2].in_features, report["2"]["channels"]
+    (3, 3, [6, 3])
+    """
+    import torch_pruning as tp
+
+    ratios = dict(ratio) if isinstance(ratio, Mapping) else {name: ratio for name in layers}
+    bad = {n: r for n, r in ratios.items() if not 0.0 <= r < 1.0 or n not in layers}
+    if bad or set(ratios) != set(layers):
+        raise EdgetierError(f"ratio must be in [0, 1) for each of the layers, got {bad or ratio}",
+                            where="prune_and_refit(ratio=...)",
+                            fix="give the share of each layer's input channels to remove, e.g. 0.3 (0: refit only)")
+    match = dict(match or {})
+    named_reference = dict(reference.named_modules())
+    unknown = [n for n in [*layers, *match.values()] if n not in dict(model.named_modules()) or n not in named_reference]
+    if unknown:
+        raise EdgetierError(f"no module named {', '.join(map(repr, unknown))} in both models",
+                            where="prune_and_refit(layers / match)", fix="use names from model.named_modules()")
+    was = {module: module.training for module in (*model.modules(), *reference.modules())}
+    model.eval()
+    reference.eval()
+    report: dict[str, dict[str, Any]] = {}
+    try:
+        for name in layers:
+            named = dict(model.named_modules())
+            layer = named[name]
+            _check_pointwise(name, layer)
+            norm_name = _norm_after(model, layer, batches[0])
+            norm = named[norm_name] if norm_name else None
+            target_name = match.get(name, norm_name or name)
+            student = _Tap(model, layer, norm, named[target_name] if target_name != name else None)
+            teacher = _Tap(reference, named_reference[name], None,
+                           named_reference[target_name] if target_name != name else None)
+            k = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+            outs = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+            gram = torch.zeros(k + 1, k + 1, dtype=torch.float64)
+            cross = torch.zeros(k + 1, outs, dtype=torch.float64)
+            energy = torch.zeros(outs, dtype=torch.float64)
+            if norm is not None:
+                scale = (norm.running_var + norm.eps).sqrt() / norm.weight
+                shift = norm.bias
+            try:
+                for inputs in batches:
+                    got, want = student(inputs), teacher(inputs)["target"]
+                    if target_name not in (name, norm_name):  # the module adds the rest: keep the student's rest
+                        mine = got["norm"] if norm is not None else got["output"]
+                        if mine is None or mine.shape != want.shape:
+                            raise EdgetierError(f"{target_name!r}'s output is not {name!r}'s "
+                                                f"{'norm ' if norm is not None else ''}output plus other terms",
+                                                where=f"prune_and_refit(match[{name!r}])",
+                                                fix="match the block that adds the layer's output to its input")
+                        want = want - (got["target"] - mine)
+                    if norm is not None:  # the layer output that gives `want` after the norm
+                        view = (1, -1) + (1,) * (want.dim() - 2)
+                        want = (want - shift.view(view)) * scale.view(view) + norm.running_mean.view(view)
+                    x = _channels_last(got["input"]).double()
+                    x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+                    y = _channels_last(want).double()
+                    gram += x.T @ x
+                    cross += x.T @ y
+                    energy += y.pow(2).sum(0)
+            finally:
+                student.close()
+                teacher.close()
+            weight = (1.0 / scale).double().pow(2) if norm is not None else torch.ones(outs, dtype=torch.float64)
+            system = gram.clone()
+            system.diagonal()[:k] += ridge * float(gram.diagonal()[:k].mean())
+            drop = min(int(round(ratios[name] * k)), k - 1)
+            dropped = _greedy_drop(system, cross, drop, weight)
+            kept = torch.tensor([i for i in range(k) if i not in set(dropped.tolist())] + [k])
+            solution = torch.linalg.solve(system[kept][:, kept], cross[kept])
+            full = torch.linalg.solve(system, cross)
+            fit = (gram, cross, energy, weight)
+            entry = {"channels": [k, k - len(dropped)], "error_kept_all": _fit_error(full, torch.arange(k + 1), *fit),
+                     "error": _fit_error(solution, kept, *fit), "norm": norm_name, "target": target_name}
+            if len(dropped):
+                with torch.enable_grad():  # torch-pruning traces the graph with autograd
+                    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+                prune_fn = tp.prune_linear_in_channels if isinstance(layer, nn.Linear) else tp.prune_conv_in_channels
+                group = graph.get_pruning_group(layer, prune_fn, idxs=dropped.tolist())
+                _check_group(name, layer, group, {id(m): n for n, m in model.named_modules()})
+                group.prune()
+            weights = solution[:-1].T.to(layer.weight.dtype)
+            layer.weight.data = weights.reshape(weights.shape + (1,) * (layer.weight.dim() - 2)).contiguous()
+            bias = solution[-1].to(layer.weight.dtype)
+            if layer.bias is not None:
+                layer.bias.data = bias.clone()
+            elif norm is not None:
+                norm.running_mean.sub_(bias)
+            else:
+                layer.bias = nn.Parameter(bias.clone())
+            report[name] = entry
+            if log is not None:
+                log(name, entry)
+    finally:
+        for module, training in was.items():  # as they were, module by module
+            module.training = training
+    return report

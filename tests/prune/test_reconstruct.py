@@ -1,8 +1,12 @@
 """Least-squares repair after structured pruning (`compress.prune.reconstruct`, `reconstruct:` of
 structured_prune): the fit is the least-squares solution, padding stays out of it, and a pruned
-transformer's narrowed layers come out closer to the unpruned model's."""
+transformer's narrowed layers come out closer to the unpruned model's. `prune_and_refit` chooses the
+channels too: it finds redundant ones exactly, and on Hugging Face's MobileNetV2 it beats removing
+the smallest weights."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
@@ -11,9 +15,9 @@ from torch import nn
 
 from compress.core.context import Context
 from compress.core.errors import EdgetierError
-from compress.prune.reconstruct import refit_linears
+from compress.prune.reconstruct import prune_and_refit, refit_linears
 from compress.prune.structured import StructuredPrune, StructuredPruneConfig
-from tests.hf.tiny import tiny_bert, token_batch, token_dataset
+from tests.hf.tiny import tiny_bert, tiny_vision, token_batch, token_dataset
 
 
 def _pair() -> tuple[nn.Module, nn.Module]:
@@ -81,3 +85,177 @@ def test_reconstruct_needs_a_transformer_pruned_per_kind():
     cfg = StructuredPruneConfig(ratio=0.5, reconstruct=16)
     with pytest.raises(EdgetierError, match="reconstruct"):
         StructuredPrune(cfg).apply(model, Context(example_inputs=(torch.zeros(1, 1, 8, 8),)))
+
+
+class _InvertedResidual(nn.Module):
+    """expand 1x1 + BN + ReLU6, depthwise 3x3 + BN + ReLU6, project 1x1 + BN, plus the input."""
+
+    def __init__(self, width: int = 4, hidden: int = 12) -> None:
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv2d(width, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6())
+        self.depthwise = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False),
+                                       nn.BatchNorm2d(hidden), nn.ReLU6())
+        self.project = nn.Conv2d(hidden, width, 1, bias=False)
+        self.norm = nn.BatchNorm2d(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.norm(self.project(self.depthwise(self.expand(x))))
+
+
+def _with_copies() -> nn.Module:
+    """A block whose hidden channels 8-11 repeat channels 0-3 (same weights, same statistics)."""
+    torch.manual_seed(0)
+    block = nn.Sequential(_InvertedResidual()).eval()
+    with torch.no_grad():
+        for module in block.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+        for tensor in (block[0].expand[0].weight, block[0].depthwise[0].weight, *(
+                getattr(getattr(block[0], part)[1], key) for part in ("expand", "depthwise")
+                for key in ("weight", "bias", "running_mean", "running_var"))):
+            tensor[8:] = tensor[:4]
+    return block
+
+
+def test_prune_and_refit_removes_copied_channels_without_changing_the_output():
+    """A third of the hidden channels are copies: dropping one of each pair and adding its projection
+    column to the twin's is exact, so the output must not move; dropping any channel that has no twin
+    leaves a visible error (measured: the block's output moves by ~10 % of its spread)."""
+    reference = _with_copies()
+    model = _with_copies()
+    x = torch.randn(64, 4, 6, 6)
+    report = prune_and_refit(model, reference, ["0.project"], [(x[:32],), (x[32:],)], ratio=1 / 3,
+                             example_inputs=(x[:1],), match={"0.project": "0"}, ridge=1e-9)
+    assert report["0.project"]["channels"] == [12, 8]
+    assert report["0.project"]["norm"] == "0.norm"
+    assert model[0].expand[0].out_channels == model[0].depthwise[0].groups == model[0].project.in_channels == 8
+    held_out = torch.randn(16, 4, 6, 6)
+    with torch.no_grad():
+        want, got = reference(held_out), model(held_out)
+    # float32 convolutions of the same sums in another order; the fit itself is solved in float64
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4 * float(want.std()))
+    # and a channel without a twin matters: removing channel 4 instead (refit all the same) moves it
+    other = _with_copies()
+    with torch.no_grad():
+        other[0].project.weight[:, 4] = 0.0
+        moved = float((other(held_out) - want).abs().max())
+    assert moved > 1e-2 * float(want.std())
+
+
+@pytest.fixture(scope="module")
+def trained_mobilenet() -> tuple[nn.Module, torch.Tensor]:
+    """Hugging Face's MobileNetV2 (tiny config, 8x8 inputs) trained 200 steps on the first 1,400
+    digits (~75 % held-out accuracy): pruning random weights would test nothing, since random
+    channels carry no redundancy to find. Returns the model and all 1,797 images."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None]
+    labels = torch.from_numpy(digits.target)
+    model = tiny_vision("mobilenet_v2", seed=0).train()
+    optimizer = torch.optim.Adam(model.parameters(), 3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        rows = torch.randint(0, 1400, (64,), generator=g)
+        loss = nn.functional.cross_entropy(model(pixel_values=images[rows]).logits, labels[rows])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval(), images
+
+
+def test_prune_and_refit_beats_magnitude_pruning_on_hugging_face_mobilenet_v2(trained_mobilenet, tmp_path):
+    """30 % of every inverted residual's hidden channels removed from Hugging Face's MobileNetV2:
+    chosen and refit by least squares on the training digits' pixels (no labels) vs the same counts
+    chosen by the projection's column norms and left as they are. Measured on the 397 held-out digits,
+    three training seeds (/tmp script, same steps): top-1 agreement with the unpruned model 0.92 /
+    0.95 / 0.94 vs 0.53 / 0.64 / 0.59, relative logit error 0.20 / 0.10 / 0.12 vs 0.77; here (this
+    seed) 0.96 vs 0.49. The asserted margins are half the smallest measured ones."""
+    import torch_pruning as tp
+
+    from export.onnx import export_onnx
+    from export.runtime import open_model
+
+    reference, images = trained_mobilenet
+    blocks = [f"mobilenet_v2.layer.{i}" for i in range(len(reference.mobilenet_v2.layer))]
+    layers = [f"{b}.reduce_1x1.convolution" for b in blocks]
+    calibration = [(images[i:i + 350],) for i in range(0, 1400, 350)]
+    example, held_out = (images[:1],), images[1400:]
+    model = copy.deepcopy(reference)
+    wrapped = _PixelValues(model).eval()
+    report = prune_and_refit(wrapped, _PixelValues(reference).eval(), [f"model.{n}" for n in layers], calibration,
+                             ratio=0.3, example_inputs=example,
+                             match={f"model.{b}.reduce_1x1.convolution": f"model.{b}" for b in blocks})
+    assert all(r["channels"][1] == r["channels"][0] - round(0.3 * r["channels"][0]) for r in report.values())
+    assert {r["norm"] for r in report.values()} == {f"model.{n[:-len('convolution')]}normalization" for n in layers}
+    baseline = copy.deepcopy(reference)
+    for name in layers:
+        layer = dict(baseline.named_modules())[name]
+        graph = tp.DependencyGraph().build_dependency(_PixelValues(baseline).eval(), example_inputs=example)
+        drop = torch.argsort(layer.weight.detach().flatten(2).norm(dim=(0, 2)))[:round(0.3 * layer.in_channels)]
+        graph.get_pruning_group(layer, tp.prune_conv_in_channels, idxs=drop.tolist()).prune()
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in baseline.parameters())
+    with torch.no_grad():
+        logits = reference(pixel_values=held_out).logits
+        want = logits.argmax(1)
+        refit = model(pixel_values=held_out).logits
+        magnitude = baseline(pixel_values=held_out).logits
+    agreement = {k: float((v.argmax(1) == want).float().mean()) for k, v in (("refit", refit), ("magnitude", magnitude))}
+    error = {k: float((v - logits).norm() / (logits - logits.mean(0)).norm())
+             for k, v in (("refit", refit), ("magnitude", magnitude))}
+    print(f"top-1 agreement with the unpruned model: {agreement}; relative logit error {error}")
+    assert agreement["refit"] >= agreement["magnitude"] + 0.15
+    assert error["refit"] < 0.5 * error["magnitude"]
+    # the pruned model exports and runs in onnxruntime as in PyTorch (float32 sums in another order)
+    path = export_onnx(wrapped, example, tmp_path / "pruned.onnx")
+    session = open_model(path)
+    out = session.run(None, {session.get_inputs()[0].name: held_out[:8].numpy()})[0]
+    np.testing.assert_allclose(out, refit[:8].numpy(), rtol=1e-3, atol=1e-4 * float(refit.abs().max()))
+
+
+class _PixelValues(nn.Module):
+    """A Hugging Face image classifier called with one tensor, returning its logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).logits
+
+
+def test_prune_and_refit_refuses_layers_it_cannot_refit():
+    reference = _with_copies()
+    x = (torch.randn(8, 4, 6, 6),)
+    with pytest.raises(EdgetierError, match="'0.depthwise.0' .* is not a pointwise layer"):
+        prune_and_refit(_with_copies(), reference, ["0.depthwise.0"], [x], ratio=0.3, example_inputs=x)
+    with pytest.raises(EdgetierError, match="no layer produces the input channels of '0.expand.0'"):
+        prune_and_refit(_with_copies(), reference, ["0.expand.0"], [x], ratio=0.5, example_inputs=x)
+    torch.manual_seed(0)
+    two = nn.Sequential(nn.Conv2d(4, 4, 1), _InvertedResidual()).eval()  # the block input: expand and skip read it
+    model = copy.deepcopy(two)
+    with pytest.raises(EdgetierError, match="input channels of '1.expand.0' are the sum .* residual stream"):
+        prune_and_refit(model, two, ["1.expand.0"], [x], ratio=0.5, example_inputs=x)
+    assert model[1].expand[0].in_channels == 4  # refused before anything was removed
+    fork = nn.Sequential(nn.Conv2d(4, 6, 1), nn.ReLU(), _Fork()).eval()  # two layers read the same channels
+    with pytest.raises(EdgetierError, match="input channels of '2.left' are also read by Conv2d '2.right'"):
+        prune_and_refit(copy.deepcopy(fork), fork, ["2.left"], [x], ratio=0.5, example_inputs=x)
+
+    with pytest.raises(EdgetierError, match="ratio must be in"):
+        prune_and_refit(_with_copies(), reference, ["0.project"], [x], ratio=1.0, example_inputs=x)
+    with pytest.raises(EdgetierError, match="ratio must be in"):  # a layer without a ratio
+        prune_and_refit(_with_copies(), reference, ["0.project"], [x], ratio={"0.expand.0": 0.0}, example_inputs=x)
+    with pytest.raises(EdgetierError, match="no module named 'nope'"):
+        prune_and_refit(_with_copies(), reference, ["nope"], [x], ratio=0.3, example_inputs=x)
+
+
+class _Fork(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.left, self.right = nn.Conv2d(6, 2, 1), nn.Conv2d(6, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.left(x), self.right(x)], 1)
