@@ -277,8 +277,8 @@ def _check_group(name: str, layer: nn.Module, group: Any, names: dict[int, str])
 def prune_and_refit(model: nn.Module, reference: nn.Module, layers: Sequence[str],
                     batches: Sequence[tuple[torch.Tensor, ...]], *, ratio: float | Mapping[str, float],
                     example_inputs: tuple[torch.Tensor, ...], match: Mapping[str, str] | None = None,
-                    ridge: float = 1e-3, log: Callable[[str, dict[str, Any]], None] | None = None,
-                    ) -> dict[str, dict[str, Any]]:
+                    ridge: float = 1e-3, multiple: int | None = None,
+                    log: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
     """Remove `ratio` of the input channels of each pointwise layer in `layers` (forward order) from
     `model`, chosen and refit so that the layer's output matches unpruned `reference`'s on `batches`
     (unlabeled inputs); returns per layer the channel counts and relative errors. `ratio` may be a
@@ -292,7 +292,11 @@ def prune_and_refit(model: nn.Module, reference: nn.Module, layers: Sequence[str
     output is the target instead — e.g. the block, so that a residual block's sum matches the
     unpruned one and the projection also makes up for the drift of the residual stream; that
     module's output must be the layer's (or its norm's) output plus terms that do not depend on it.
-    `ridge` adds that share of the mean input energy to the Gram matrix's diagonal. Errors are the
+    `multiple` rounds each pruned layer's kept channels to the nearest multiple of it (at least one
+    multiple): onnxruntime's convolutions run much slower at odd channel counts (EfficientNet-Lite0
+    with 30 % of its hidden channels sliced, batch 1, one thread: 15.8 ms at the exact counts, 7.3 ms
+    at multiples of 8, 9.9 ms unpruned). `ridge` adds that share of the mean input energy to the Gram
+    matrix's diagonal. Errors are the
     fit's residual over the target's norm, on `batches`: `error_kept_all` with every channel
     refit, `error` after the removal.
 
@@ -313,6 +317,9 @@ def prune_and_refit(model: nn.Module, reference: nn.Module, layers: Sequence[str
         raise EdgetierError(f"ratio must be in [0, 1) for each of the layers, got {bad or ratio}",
                             where="prune_and_refit(ratio=...)",
                             fix="give the share of each layer's input channels to remove, e.g. 0.3 (0: refit only)")
+    if multiple is not None and multiple < 1:
+        raise EdgetierError(f"multiple must be a positive channel count, got {multiple}",
+                            where="prune_and_refit(multiple=...)", fix="use e.g. 8 or 16, or leave it out")
     match = dict(match or {})
     named_reference = dict(reference.named_modules())
     unknown = [n for n in [*layers, *match.values()] if n not in dict(model.named_modules()) or n not in named_reference]
@@ -368,7 +375,10 @@ def prune_and_refit(model: nn.Module, reference: nn.Module, layers: Sequence[str
             weight = (1.0 / scale).double().pow(2) if norm is not None else torch.ones(outs, dtype=torch.float64)
             system = gram.clone()
             system.diagonal()[:k] += ridge * float(gram.diagonal()[:k].mean())
-            drop = min(int(round(ratios[name] * k)), k - 1)
+            keep = k - int(round(ratios[name] * k))
+            if multiple and keep < k:
+                keep = min(k, max(multiple, int(round(keep / multiple)) * multiple))
+            drop = min(k - keep, k - 1)
             dropped = _greedy_drop(system, cross, drop, weight)
             kept = torch.tensor([i for i in range(k) if i not in set(dropped.tolist())] + [k])
             solution = torch.linalg.solve(system[kept][:, kept], cross[kept])

@@ -423,11 +423,11 @@ def test_pruned_pretrained_refit_by_least_squares_without_labels(tmp_path):
     blocks = [f"_blocks.{i}" for i in range(len(teacher._blocks))]
     start = time.perf_counter()
     report = prune_and_refit(student, teacher, [f"{b}._project_conv" for b in blocks], batches, ratio=0.3,
-                             example_inputs=(example,), match={f"{b}._project_conv": b for b in blocks},
+                             multiple=8, example_inputs=(example,), match={f"{b}._project_conv": b for b in blocks},
                              log=lambda name, entry: print(f"  {name}: {entry} ({time.perf_counter() - start:.0f} s)",
                                                            flush=True))
     params = sum(p.numel() for p in student.parameters()) / sum(p.numel() for p in teacher.parameters())
-    print(f"\npruned (30 % of each block's hidden channels) and refit: params {params:.3f}x, "
+    print(f"\npruned (30 % of each block's hidden channels, kept counts multiples of 8) and refit: params {params:.3f}x, "
           f"{sum(r['channels'][0] - r['channels'][1] for r in report.values())} channels removed, "
           f"{time.perf_counter() - start:.0f} s")
     top1, top5, path = _measure_student(student, example, test, ref, teacher_file, stats, tmp_path)

@@ -145,6 +145,20 @@ def test_prune_and_refit_removes_copied_channels_without_changing_the_output():
     assert moved > 1e-2 * float(want.std())
 
 
+def test_prune_and_refit_rounds_kept_channels_to_a_multiple():
+    """12 hidden channels at ratio 0.5 keep 6, rounded to the nearest multiple of 4 or 8 (8); at 0.9
+    they keep 1, rounded up to one multiple (never zero); a ratio of 0 leaves the count alone."""
+    x = (torch.randn(32, 4, 6, 6),)
+    for ratio, multiple, kept in ((0.5, 4, 8), (0.5, 8, 8), (0.9, 4, 4), (0.0, 8, 12)):
+        model = _with_copies()
+        report = prune_and_refit(model, _with_copies(), ["0.project"], [x], ratio=ratio, example_inputs=x,
+                                 multiple=multiple)
+        assert report["0.project"]["channels"] == [12, kept]
+        assert model[0].depthwise[0].out_channels == kept
+    with pytest.raises(EdgetierError, match="multiple must be a positive"):
+        prune_and_refit(_with_copies(), _with_copies(), ["0.project"], [x], ratio=0.5, example_inputs=x, multiple=0)
+
+
 @pytest.fixture(scope="module")
 def trained_mobilenet() -> tuple[nn.Module, torch.Tensor]:
     """Hugging Face's MobileNetV2 (tiny config, 8x8 inputs) trained 200 steps on the first 1,400
