@@ -163,7 +163,7 @@ def _check_pointwise(name: str, layer: nn.Module) -> None:
         return
     if not isinstance(layer, (nn.Conv1d, nn.Conv2d)) or layer.groups != 1 or \
             any(k != 1 for k in layer.kernel_size) or any(s != 1 for s in layer.stride) or \
-            any(p != 0 for p in (layer.padding if isinstance(layer.padding, tuple) else (1,))):
+            (isinstance(layer.padding, tuple) and any(p != 0 for p in layer.padding)):  # "valid" / "same" pad nothing
         raise EdgetierError(f"layer {name!r} ({type(layer).__name__}) is not a pointwise layer: prune_and_refit "
                             "refits a Linear or a 1x1 convolution (stride 1, no padding, groups 1) from the "
                             "channels it reads", where="prune_and_refit(layers=...)",
@@ -296,9 +296,9 @@ def prune_and_refit(model: nn.Module, reference: nn.Module, layers: Sequence[str
     multiple): onnxruntime's convolutions run much slower at odd channel counts (EfficientNet-Lite0
     with 30 % of its hidden channels sliced, batch 1, one thread: 15.8 ms at the exact counts, 7.3 ms
     at multiples of 8, 9.9 ms unpruned). `ridge` adds that share of the mean input energy to the Gram
-    matrix's diagonal. Errors are the
-    fit's residual over the target's norm, on `batches`: `error_kept_all` with every channel
-    refit, `error` after the removal.
+    matrix's diagonal. Errors are the fit's residual over the target's norm, on `batches`:
+    `error_kept_all` with every channel refit, `error` after the removal. A layer that cannot be
+    pruned this way is refused before its calibration pass.
 
     >>> import copy
     >>> _ = torch.manual_seed(0)
@@ -338,6 +338,13 @@ def prune_and_refit(model: nn.Module, reference: nn.Module, layers: Sequence[str
             norm_name = _norm_after(model, layer, batches[0])
             norm = named[norm_name] if norm_name else None
             target_name = match.get(name, norm_name or name)
+            prune_fn = tp.prune_linear_in_channels if isinstance(layer, nn.Linear) else tp.prune_conv_in_channels
+            graph = None
+            if ratios[name] > 0:  # the channels' dependency group, checked before the calibration pass
+                with torch.enable_grad():  # torch-pruning traces the graph with autograd
+                    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+                _check_group(name, layer, graph.get_pruning_group(layer, prune_fn, idxs=[0]),
+                             {id(m): n for n, m in model.named_modules()})
             student = _Tap(model, layer, norm, named[target_name] if target_name != name else None)
             teacher = _Tap(reference, named_reference[name], None,
                            named_reference[target_name] if target_name != name else None)
@@ -379,20 +386,15 @@ def prune_and_refit(model: nn.Module, reference: nn.Module, layers: Sequence[str
             if multiple and keep < k:
                 keep = min(k, max(multiple, int(round(keep / multiple)) * multiple))
             drop = min(k - keep, k - 1)
-            dropped = _greedy_drop(system, cross, drop, weight)
-            kept = torch.tensor([i for i in range(k) if i not in set(dropped.tolist())] + [k])
+            dropped = _greedy_drop(system, cross, drop, weight).tolist()
+            kept = torch.tensor(sorted(set(range(k + 1)) - set(dropped)))  # with the constant, column k
             solution = torch.linalg.solve(system[kept][:, kept], cross[kept])
             full = torch.linalg.solve(system, cross)
             fit = (gram, cross, energy, weight)
             entry = {"channels": [k, k - len(dropped)], "error_kept_all": _fit_error(full, torch.arange(k + 1), *fit),
                      "error": _fit_error(solution, kept, *fit), "norm": norm_name, "target": target_name}
-            if len(dropped):
-                with torch.enable_grad():  # torch-pruning traces the graph with autograd
-                    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
-                prune_fn = tp.prune_linear_in_channels if isinstance(layer, nn.Linear) else tp.prune_conv_in_channels
-                group = graph.get_pruning_group(layer, prune_fn, idxs=dropped.tolist())
-                _check_group(name, layer, group, {id(m): n for n, m in model.named_modules()})
-                group.prune()
+            if dropped and graph is not None:
+                graph.get_pruning_group(layer, prune_fn, idxs=dropped).prune()
             weights = solution[:-1].T.to(layer.weight.dtype)
             layer.weight.data = weights.reshape(weights.shape + (1,) * (layer.weight.dim() - 2)).contiguous()
             bias = solution[-1].to(layer.weight.dtype)
