@@ -397,9 +397,9 @@ def test_pruned_pretrained_refit_by_least_squares_without_labels(tmp_path):
     crops) is 0.04-0.49 with the channels gone and 0.01-0.47 with all of them refit: most of it is the
     drift of the residual stream that a block's projection cannot undo.
     Also measured with a /tmp prototype of the same fit (block inputs cached; the same numbers as this
-    function: 28.7 % / 64.7 %): top-1 after blocks 3 / 7 / 11 / 15: 86 / 82 / 45 / 29 %; the channels
-    picked by activation energy instead of OBS: 13 / 19 / 18 / 23 %; the same cut without any refit:
-    0 %. More crops help (1,536: 38 % / 73 %); a ridge of 1e-2 instead of 1e-3 does not (26 % / 50 %);
+    function: 28.7 % / 64.7 %): top-1 after blocks 3 / 7 / 11 / 15: 86 / 82 / 45 / 29 %; on crops of
+    2-100 % of the area with CutMix / mixup, the channels picked by activation energy instead of OBS:
+    13 / 19 / 18 / 23 % against OBS's 81 / 82 / 41 / 26 %; the same cut without any refit: 0 %. More crops help (1,536: 38 % / 73 %); a ridge of 1e-2 instead of 1e-3 does not (26 % / 50 %);
     refitting each expansion first (to the unpruned pre-activations) changes nothing (80.7 % after
     block 3 either way).
     The same 30 % of the hidden-channel parameters spread over the blocks by their least-squares cost
