@@ -361,7 +361,7 @@ def prune_and_refit(model: nn.Module, reference: nn.Module, layers: Sequence[str
                     got, want = student(inputs), teacher(inputs)["target"]
                     if target_name not in (name, norm_name):  # the module adds the rest: keep the student's rest
                         mine = got["norm"] if norm is not None else got["output"]
-                        if mine is None or mine.shape != want.shape:
+                        if mine.shape != want.shape:
                             raise EdgetierError(f"{target_name!r}'s output is not {name!r}'s "
                                                 f"{'norm ' if norm is not None else ''}output plus other terms",
                                                 where=f"prune_and_refit(match[{name!r}])",
