@@ -20,10 +20,13 @@ linear layer, as in He et al., "Channel Pruning for Accelerating Very Deep Neura
 2017, and Kurtic et al., "ZipLM", NeurIPS 2023), removes those channels and everything that only
 produced them with torch-pruning, and gives the layer the least-squares weights for the channels
 left. Block by block in forward order, each fit also absorbs the drift of the blocks before it.
+With `allocate="cost"` it also chooses how many channels each layer loses, from the same greedy
+costs on the unpruned model: one share of the parameters, spread where it costs least.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -170,6 +173,10 @@ def _check_pointwise(name: str, layer: nn.Module) -> None:
                             fix="name the layer that reads the channels to prune, e.g. a block's projection")
 
 
+def _in_width(layer: nn.Module) -> int:
+    return layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+
+
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
     """[N, C, *spatial] (or [..., C] for a Linear's input) as rows of C."""
     return x.movedim(1, -1).reshape(-1, x.shape[1]) if x.dim() > 2 else x.reshape(-1, x.shape[-1])
@@ -190,10 +197,10 @@ class _Tap:
         self.got["target"] = out
         raise _Stop
 
-    def __call__(self, inputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+    def __call__(self, inputs: tuple[Any, ...], kwargs: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
         self.got = {}
         try:
-            self.model(*inputs)
+            self.model(*inputs, **(kwargs or {}))
         except _Stop:
             pass
         return self.got
@@ -201,6 +208,50 @@ class _Tap:
     def close(self) -> None:
         for handle in self.handles:
             handle.remove()
+
+
+def _chain_calls(reference: nn.Module, blocks: Sequence[str],
+                 inputs: tuple[torch.Tensor, ...]) -> list[tuple[tuple[Any, ...], dict[str, Any]]] | None:
+    """When `blocks` run once each, in this order, each on the previous one's output (its other
+    arguments no tensors), the other arguments each is called with; otherwise None. Then a block's
+    input on a batch can be cached and the block run alone on it: a layer's fit costs ~3 block passes
+    instead of running both models up to it (16 blocks: ~17 model passes each)."""
+    named = dict(reference.named_modules())
+    seen: list[tuple[nn.Module, tuple[Any, ...], dict[str, Any], Any]] = []
+    handles = [named[name].register_forward_hook(lambda m, a, kw, out: seen.append((m, a, kw, out)), with_kwargs=True)
+               for name in blocks]
+    try:
+        reference(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if [m for m, *_ in seen] != [named[n] for n in blocks]:
+        return None
+    calls = []
+    for i, (_m, args, kwargs, out) in enumerate(seen):
+        if not isinstance(out, torch.Tensor) or not args or (i and args[0] is not seen[i - 1][3]) or \
+                any(isinstance(v, torch.Tensor) for v in (*args[1:], *kwargs.values())):
+            return None
+        calls.append((args[1:], kwargs))
+    return calls
+
+
+def _run_to(model: nn.Module, module: nn.Module, inputs: tuple[torch.Tensor, ...], *, output: bool) -> torch.Tensor:
+    """`module`'s first input (or its output) when `model` runs on `inputs`; the rest is not run."""
+    got: list[torch.Tensor] = []
+
+    def stop(_m: nn.Module, args: tuple[Any, ...], out: Any = None) -> None:
+        got.append(out if output else args[0])
+        raise _Stop
+
+    handle = module.register_forward_hook(stop) if output else module.register_forward_pre_hook(stop)
+    try:
+        model(*inputs)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return got[0]
 
 
 def _norm_after(model: nn.Module, layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> str | None:
@@ -220,9 +271,11 @@ def _norm_after(model: nn.Module, layer: nn.Module, inputs: tuple[torch.Tensor, 
     return found[0] if found else None
 
 
-def _greedy_drop(gram: torch.Tensor, cross: torch.Tensor, drop: int, weight: torch.Tensor) -> torch.Tensor:
+def _greedy_drop(gram: torch.Tensor, cross: torch.Tensor, drop: int, weight: torch.Tensor,
+                 costs: list[float] | None = None) -> torch.Tensor:
     """Indices of the `drop` input columns (never the last, the constant) whose removal, one at a time,
-    raises the weighted least-squares error least: the OBS update on the inverse Gram matrix."""
+    raises the weighted least-squares error least: the OBS update on the inverse Gram matrix. Each
+    step's rise of the error is appended to `costs` when given."""
     k = gram.shape[0] - 1
     inverse = torch.linalg.inv(gram)
     solution = inverse @ cross
@@ -231,6 +284,8 @@ def _greedy_drop(gram: torch.Tensor, cross: torch.Tensor, drop: int, weight: tor
         cost = (solution[:k].pow(2) * weight).sum(1) / inverse.diagonal()[:k].clamp_min(1e-30)
         cost[dropped] = float("inf")
         j = int(cost.argmin())
+        if costs is not None:
+            costs.append(float(cost[j]))
         column = inverse[:, j].clone()
         solution -= torch.outer(column, solution[j]) / column[j]
         inverse -= torch.outer(column, column) / column[j]
@@ -273,11 +328,122 @@ def _check_group(name: str, layer: nn.Module, group: Any, names: dict[int, str])
                             f"{names.get(id(module), '?')!r}, which a refit of {name!r} cannot make up for", where=where, fix=fix)
 
 
+def _prune_fn(layer: nn.Module) -> Any:
+    import torch_pruning as tp
+
+    return tp.prune_linear_in_channels if isinstance(layer, nn.Linear) else tp.prune_conv_in_channels
+
+
+def _channel_params(model: nn.Module, layers: Sequence[str], example_inputs: tuple[torch.Tensor, ...]) -> dict[str, int]:
+    """How many parameters one input channel of each layer costs: everything torch-pruning removes
+    with it (the layer's column, the depthwise filter, norms, the expansion's row), counted by
+    removing one channel of each layer from a copy. Each layer's group is checked on the way."""
+    import torch_pruning as tp
+
+    scratch = copy.deepcopy(model)
+    with torch.enable_grad():  # torch-pruning traces the graph with autograd
+        graph = tp.DependencyGraph().build_dependency(scratch, example_inputs=example_inputs)
+    named = dict(scratch.named_modules())
+    names = {id(m): n for n, m in named.items()}
+    count = lambda: sum(p.numel() for p in scratch.parameters())  # noqa: E731
+    params: dict[str, int] = {}
+    for name in layers:
+        layer = named[name]
+        group = graph.get_pruning_group(layer, _prune_fn(layer), idxs=[0])
+        _check_group(name, layer, group, names)
+        before = count()
+        group.prune()
+        params[name] = before - count()
+    return params
+
+
+def _cost_curves(reference: nn.Module, layers: Sequence[str], batches: Sequence[tuple[torch.Tensor, ...]],
+                 norms: Mapping[str, str | None], targets: Mapping[str, str], ridge: float,
+                 most: Mapping[str, int]) -> dict[str, list[float]]:
+    """For each layer of the unpruned `reference`, the rise of its target's squared error as the
+    greedy OBS order removes its input channels one by one (up to `most[layer]`), over the target's
+    energy about its mean: one forward pass per batch for all layers at once."""
+    named = dict(reference.named_modules())
+    grams: dict[str, torch.Tensor] = {}
+    moments: dict[str, list[torch.Tensor]] = {}
+
+    def gram_hook(name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            x = _channels_last(args[0]).double()
+            x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+            grams[name] = grams.get(name, 0) + x.T @ x
+        return hook
+
+    def energy_hook(name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, _a: Any, out: torch.Tensor) -> None:
+            y = _channels_last(out).double()
+            got = [y.sum(0), y.pow(2).sum(0), torch.tensor(float(len(y)), dtype=torch.float64)]
+            moments[name] = [a + b for a, b in zip(moments[name], got, strict=True)] if name in moments else got
+        return hook
+
+    handles = []
+    for name in layers:
+        handles.append(named[name].register_forward_pre_hook(gram_hook(name)))
+        handles.append(named[targets[name]].register_forward_hook(energy_hook(name)))
+    try:
+        for inputs in batches:
+            reference(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    curves: dict[str, list[float]] = {}
+    for name in layers:
+        layer, gram = named[name], grams[name]
+        k = gram.shape[0] - 1
+        current = layer.weight.reshape(layer.weight.shape[0], -1).T.double()  # the layer's own output: its weights
+        bias = layer.bias.double() if layer.bias is not None else torch.zeros(current.shape[1], dtype=torch.float64)
+        cross = gram @ torch.cat([current, bias[None]])
+        norm = named[norms[name]] if norms[name] else None
+        weight = ((norm.weight / (norm.running_var + norm.eps).sqrt()).double().pow(2) if norm is not None
+                  else torch.ones(current.shape[1], dtype=torch.float64))
+        system = gram.clone()
+        system.diagonal()[:k] += ridge * float(gram.diagonal()[:k].mean())
+        total, squares, n = moments[name]
+        spread = float((squares - total.pow(2) / n).sum().clamp_min(1e-30))
+        costs: list[float] = []
+        _greedy_drop(system, cross, most[name], weight, costs)
+        curves[name] = [c / spread for c in costs]
+    return curves
+
+
+def _allocate(ratio: float, channels: Mapping[str, int], params: Mapping[str, int],
+              curves: Mapping[str, list[float]]) -> dict[str, int]:
+    """How many channels each layer loses so that `ratio` of the parameters the layers' channels hold
+    go, cheapest relative error per parameter first (each layer's curve made non-decreasing, so
+    that a layer's channels go in its greedy order)."""
+    items = []
+    for name, curve in curves.items():
+        worst = 0.0
+        for j, cost in enumerate(curve):
+            worst = max(worst, cost)
+            items.append((worst / params[name], j, name))
+    items.sort(key=lambda item: item[0])  # stable: a layer's equal costs stay in order
+    budget = ratio * sum(channels[n] * params[n] for n in channels)
+    drops, used = dict.fromkeys(channels, 0), 0
+    for _value, j, name in items:
+        if used >= budget:
+            break
+        if j == drops[name]:
+            drops[name] += 1
+            used += params[name]
+    if used < budget:
+        raise EdgetierError(f"cannot remove {ratio:.0%} of the layers' channel parameters with at most max_ratio of "
+                            "each layer's channels", where="prune_and_refit(ratio / max_ratio)",
+                            fix="lower ratio or raise max_ratio")
+    return drops
+
+
 @torch.no_grad()
 def prune_and_refit(model: nn.Module, reference: nn.Module, layers: Sequence[str],
                     batches: Sequence[tuple[torch.Tensor, ...]], *, ratio: float | Mapping[str, float],
                     example_inputs: tuple[torch.Tensor, ...], match: Mapping[str, str] | None = None,
-                    ridge: float = 1e-3, multiple: int | None = None,
+                    ridge: float = 1e-3, multiple: int | None = None, allocate: str = "uniform",
+                    max_ratio: float = 0.6,
                     log: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
     """Remove `ratio` of the input channels of each pointwise layer in `layers` (forward order) from
     `model`, chosen and refit so that the layer's output matches unpruned `reference`'s on `batches`
@@ -292,6 +458,17 @@ def prune_and_refit(model: nn.Module, reference: nn.Module, layers: Sequence[str
     output is the target instead — e.g. the block, so that a residual block's sum matches the
     unpruned one and the projection also makes up for the drift of the residual stream; that
     module's output must be the layer's (or its norm's) output plus terms that do not depend on it.
+    `allocate="cost"` spreads the cut instead: `ratio` is then the share of the parameters the layers'
+    channels hold (each channel counted with everything torch-pruning removes with it) to remove, and
+    the channels go where the least-squares error of the layer's target, relative to the target's
+    spread, rises least per parameter (from the greedy order on the unpruned model, one extra forward
+    pass), at most `max_ratio` of any layer's channels. On EfficientNet-Lite0 at 30 % this cuts the
+    late, wide blocks most and keeps far more of the model's answers than 30 % of every block (see
+    tests/benchmarks/test_ptq.py), but saves fewer MACs, since those blocks run at 7x7.
+    When every layer has a `match` block and those blocks feed each other in a chain, each block's
+    input is cached for both models and a layer's fit runs its block alone (16 blocks: ~3 block
+    passes per layer instead of both models up to the layer); otherwise both models run from their
+    inputs for every layer, with the same result.
     `multiple` rounds each pruned layer's kept channels to the nearest multiple of it (at least one
     multiple): onnxruntime's convolutions run much slower at odd channel counts (EfficientNet-Lite0
     with 30 % of its hidden channels sliced, batch 1, one thread: 15.8 ms at the exact counts, 7.3 ms
@@ -311,6 +488,15 @@ def prune_and_refit(model: nn.Module, reference: nn.Module, layers: Sequence[str
     """
     import torch_pruning as tp
 
+    if allocate not in ("uniform", "cost"):
+        raise EdgetierError(f"allocate must be 'uniform' or 'cost', got {allocate!r}",
+                            where="prune_and_refit(allocate=...)",
+                            fix="'uniform': each layer loses `ratio` of its channels; 'cost': `ratio` of their "
+                                "parameters go where the least-squares error rises least")
+    if allocate == "cost" and (isinstance(ratio, Mapping) or not 0.0 < ratio <= max_ratio < 1.0):
+        raise EdgetierError(f"allocate='cost' spreads one ratio over the layers: it needs 0 < ratio <= max_ratio < 1, "
+                            f"got ratio={ratio}, max_ratio={max_ratio}", where="prune_and_refit(ratio / max_ratio)",
+                            fix="give one share of the layers' channel parameters to remove, e.g. ratio=0.3")
     ratios = dict(ratio) if isinstance(ratio, Mapping) else {name: ratio for name in layers}
     bad = {n: r for n, r in ratios.items() if not 0.0 <= r < 1.0 or n not in layers}
     if bad or set(ratios) != set(layers):
@@ -331,24 +517,52 @@ def prune_and_refit(model: nn.Module, reference: nn.Module, layers: Sequence[str
     reference.eval()
     report: dict[str, dict[str, Any]] = {}
     try:
-        for name in layers:
+        if allocate == "cost":
+            named = dict(model.named_modules())
+            for name in layers:
+                _check_pointwise(name, named[name])
+            params = _channel_params(model, layers, example_inputs)
+            norms = {name: _norm_after(reference, named_reference[name], batches[0]) for name in layers}
+            channels = {name: _in_width(named[name]) for name in layers}
+            curves = _cost_curves(reference, layers, batches, norms,
+                                  {name: match.get(name, norms[name] or name) for name in layers}, ridge,
+                                  {name: int(max_ratio * channels[name]) for name in layers})
+            drops = _allocate(ratio, channels, params, curves)
+            ratios = {name: drops[name] / channels[name] for name in layers}
+            if log is not None:
+                log("allocate", {"channels_removed": drops, "params_per_channel": params})
+        blocks = [match.get(name) for name in layers]
+        calls = _chain_calls(reference, blocks, batches[0]) if all(blocks) and len(set(blocks)) == len(blocks) else None
+        if calls is not None:  # each block's input, cached for both models
+            named = dict(model.named_modules())
+            student_in = [_run_to(model, named[blocks[0]], inputs, output=False) for inputs in batches]
+            teacher_in = [_run_to(reference, named_reference[blocks[0]], inputs, output=False) for inputs in batches]
+        for index, name in enumerate(layers):
             named = dict(model.named_modules())
             layer = named[name]
             _check_pointwise(name, layer)
             norm_name = _norm_after(model, layer, batches[0])
             norm = named[norm_name] if norm_name else None
             target_name = match.get(name, norm_name or name)
-            prune_fn = tp.prune_linear_in_channels if isinstance(layer, nn.Linear) else tp.prune_conv_in_channels
+            prune_fn = _prune_fn(layer)
             graph = None
             if ratios[name] > 0:  # the channels' dependency group, checked before the calibration pass
                 with torch.enable_grad():  # torch-pruning traces the graph with autograd
                     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
                 _check_group(name, layer, graph.get_pruning_group(layer, prune_fn, idxs=[0]),
                              {id(m): n for n, m in model.named_modules()})
-            student = _Tap(model, layer, norm, named[target_name] if target_name != name else None)
-            teacher = _Tap(reference, named_reference[name], None,
-                           named_reference[target_name] if target_name != name else None)
-            k = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+            cached = calls is not None and {id(layer), id(norm)} <= {id(m) for m in [*named[target_name].modules(), None]}
+            if cached:  # the block alone, on its cached inputs
+                block, (extra, kwargs) = named[target_name], calls[index]
+                student = _Tap(block, layer, norm, block)
+                teacher_out = [named_reference[target_name](x, *extra, **kwargs) for x in teacher_in]
+                pairs = ((student((x, *extra), kwargs), want) for x, want in zip(student_in, teacher_out, strict=True))
+            else:
+                student = _Tap(model, layer, norm, named[target_name] if target_name != name else None)
+                teacher = _Tap(reference, named_reference[name], None,
+                               named_reference[target_name] if target_name != name else None)
+                pairs = ((student(inputs), teacher(inputs)["target"]) for inputs in batches)
+            k = _in_width(layer)
             outs = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
             gram = torch.zeros(k + 1, k + 1, dtype=torch.float64)
             cross = torch.zeros(k + 1, outs, dtype=torch.float64)
@@ -357,8 +571,7 @@ def prune_and_refit(model: nn.Module, reference: nn.Module, layers: Sequence[str
                 scale = (norm.running_var + norm.eps).sqrt() / norm.weight
                 shift = norm.bias
             try:
-                for inputs in batches:
-                    got, want = student(inputs), teacher(inputs)["target"]
+                for got, want in pairs:
                     if target_name not in (name, norm_name):  # the module adds the rest: keep the student's rest
                         mine = got["norm"] if norm is not None else got["output"]
                         if mine.shape != want.shape:
@@ -378,7 +591,8 @@ def prune_and_refit(model: nn.Module, reference: nn.Module, layers: Sequence[str
                     energy += y.pow(2).sum(0)
             finally:
                 student.close()
-                teacher.close()
+                if not cached:
+                    teacher.close()
             weight = (1.0 / scale).double().pow(2) if norm is not None else torch.ones(outs, dtype=torch.float64)
             system = gram.clone()
             system.diagonal()[:k] += ridge * float(gram.diagonal()[:k].mean())
@@ -393,8 +607,11 @@ def prune_and_refit(model: nn.Module, reference: nn.Module, layers: Sequence[str
             fit = (gram, cross, energy, weight)
             entry = {"channels": [k, k - len(dropped)], "error_kept_all": _fit_error(full, torch.arange(k + 1), *fit),
                      "error": _fit_error(solution, kept, *fit), "norm": norm_name, "target": target_name}
+            touched: set[int] = set()
             if dropped and graph is not None:
-                graph.get_pruning_group(layer, prune_fn, idxs=dropped).prune()
+                group = graph.get_pruning_group(layer, prune_fn, idxs=dropped)
+                touched = {id(dep.target.module) for dep, _idxs in group} & {id(m) for m in model.modules()}
+                group.prune()
             weights = solution[:-1].T.to(layer.weight.dtype)
             layer.weight.data = weights.reshape(weights.shape + (1,) * (layer.weight.dim() - 2)).contiguous()
             bias = solution[-1].to(layer.weight.dtype)
@@ -404,6 +621,15 @@ def prune_and_refit(model: nn.Module, reference: nn.Module, layers: Sequence[str
                 norm.running_mean.sub_(bias)
             else:
                 layer.bias = nn.Parameter(bias.clone())
+            if calls is not None:  # the next block's inputs
+                if not cached:
+                    calls = None
+                elif touched <= {id(m) for m in block.modules()}:
+                    student_in = [block(x, *extra, **kwargs) for x in student_in]
+                    teacher_in = teacher_out
+                else:  # something before the block lost channels too (e.g. the stem, for the first block)
+                    student_in = [_run_to(model, block, inputs, output=True) for inputs in batches]
+                    teacher_in = teacher_out
             report[name] = entry
             if log is not None:
                 log(name, entry)

@@ -273,3 +273,108 @@ class _Fork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.left(x), self.right(x)], 1)
+
+
+def test_cost_allocation_beats_the_same_share_removed_from_every_block(trained_mobilenet):
+    """Half of the parameters that MobileNetV2's hidden channels hold, removed either as half of every
+    block's channels or where the least-squares error per parameter rises least (`allocate="cost"`).
+    Three training seeds (/tmp script): top-1 agreement on the 397 held-out digits 0.992 / 0.992 /
+    0.992 vs 0.877 / 0.874 / 0.884, relative logit error 0.005-0.008 vs 0.197-0.234, parameters
+    0.595x both. Asserted: the same parameter count within 0.5 %, 5 points more agreement (half the
+    smallest margin) and under a quarter of the error (measured: under a twentieth)."""
+    reference, images = trained_mobilenet
+    blocks = [f"model.mobilenet_v2.layer.{i}" for i in range(len(reference.mobilenet_v2.layer))]
+    layers = [f"{b}.reduce_1x1.convolution" for b in blocks]
+    calibration = [(images[i:i + 350],) for i in range(0, 1400, 350)]
+    with torch.no_grad():
+        logits = reference(pixel_values=images[1400:]).logits
+    got, reports = {}, {}
+    for allocate in ("uniform", "cost"):
+        model = copy.deepcopy(reference)
+        reports[allocate] = prune_and_refit(_PixelValues(model).eval(), _PixelValues(reference).eval(), layers,
+                                            calibration, ratio=0.5, example_inputs=(images[:1],), allocate=allocate,
+                                            match={f"{b}.reduce_1x1.convolution": b for b in blocks})
+        with torch.no_grad():
+            out = model(pixel_values=images[1400:]).logits
+        got[allocate] = (float((out.argmax(1) == logits.argmax(1)).float().mean()),
+                         float((out - logits).norm() / (logits - logits.mean(0)).norm()),
+                         sum(p.numel() for p in model.parameters()))
+    print({k: v[:2] for k, v in got.items()}, {k: [r["channels"][1] for r in v.values()] for k, v in reports.items()})
+    assert abs(got["cost"][2] - got["uniform"][2]) < 0.005 * got["uniform"][2]
+    assert got["cost"][0] >= got["uniform"][0] + 0.05
+    assert got["cost"][1] < 0.25 * got["uniform"][1]
+    kept = [r["channels"][1] / r["channels"][0] for r in reports["cost"].values()]
+    assert max(kept) - min(kept) > 0.2  # spread unevenly, not another uniform cut
+    assert min(kept) >= 1 - 0.6 - 1e-9  # no block loses more than max_ratio (0.6) of its channels
+
+
+class _Stemmed(nn.Module):
+    """Depthwise 3x3 + BN + ReLU6, project 1x1 + BN: its hidden channels are made before it (the stem)."""
+
+    def __init__(self, hidden: int = 12, width: int = 4) -> None:
+        super().__init__()
+        self.depthwise = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False),
+                                       nn.BatchNorm2d(hidden), nn.ReLU6())
+        self.project = nn.Conv2d(hidden, width, 1, bias=False)
+        self.norm = nn.BatchNorm2d(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.project(self.depthwise(x)))
+
+
+def _chain(blocks: int = 3, stem: bool = False) -> nn.Module:
+    """`blocks` inverted residuals in a row, or (`stem`) a stem convolution, a `_Stemmed` block and
+    `blocks - 1` inverted residuals."""
+    torch.manual_seed(1)
+    parts = [nn.Sequential(nn.Conv2d(4, 12, 1), nn.BatchNorm2d(12), nn.ReLU6()), _Stemmed()] if stem else []
+    model = nn.Sequential(*parts, *(_InvertedResidual() for _ in range(blocks - len(parts) // 2))).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.mark.parametrize("stem", [False, True])
+def test_cached_block_inputs_give_the_same_model_as_running_everything(monkeypatch, stem):
+    """Blocks that feed each other are fit on cached block inputs (each block run alone); the result
+    must be what running both models from their input for every layer gives (the same float sums,
+    so equal to float32 rounding). With `stem`, the first block's channels are made by the stem, so
+    its cached input is recomputed after the cut."""
+    import compress.prune.reconstruct as reconstruct
+
+    reference = _chain(stem=stem)
+    x = [(torch.randn(16, 4, 6, 6),) for _ in range(2)]
+    blocks = [str(i) for i in range(1 if stem else 0, 4 if stem else 3)]
+    layers, match = [f"{b}.project" for b in blocks], {f"{b}.project": b for b in blocks}
+    assert reconstruct._chain_calls(reference, blocks, x[0]) is not None
+    assert reconstruct._chain_calls(reference, blocks[::2], x[0]) is None  # the third block does not read the first
+    models, full_runs, run_to = {}, [], reconstruct._run_to
+    monkeypatch.setattr(reconstruct, "_run_to", lambda *a, output: full_runs.append(output) or run_to(*a, output=output))
+    for cached in (True, False):
+        if not cached:
+            monkeypatch.setattr(reconstruct, "_chain_calls", lambda *_a: None)
+        models[cached] = _chain(stem=stem)
+        prune_and_refit(models[cached], reference, layers, x, ratio=0.25, example_inputs=x[0], match=match)
+        if cached:  # the first block's inputs, then the model run again only when the stem lost channels
+            assert full_runs == [False] * 2 * len(x) + [True] * len(x) * stem
+    held_out = torch.randn(8, 4, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(models[True](held_out), models[False](held_out), rtol=1e-5, atol=1e-6)
+    assert [models[True][int(b)].project.in_channels for b in blocks] == [9, 9, 9]
+    if stem:
+        assert models[True][0][0].out_channels == 9
+
+
+def test_cost_allocation_refuses_what_it_cannot_spread():
+    x = (torch.randn(8, 4, 6, 6),)
+    call = dict(example_inputs=x, match={"0.project": "0", "1.project": "1"})
+    with pytest.raises(EdgetierError, match="allocate must be 'uniform' or 'cost'"):
+        prune_and_refit(_chain(2), _chain(2), ["0.project", "1.project"], [x], ratio=0.3, allocate="greedy", **call)
+    with pytest.raises(EdgetierError, match="needs 0 < ratio <= max_ratio < 1"):
+        prune_and_refit(_chain(2), _chain(2), ["0.project", "1.project"], [x], ratio=0.7, allocate="cost", **call)
+    with pytest.raises(EdgetierError, match="needs 0 < ratio <= max_ratio < 1"):
+        prune_and_refit(_chain(2), _chain(2), ["0.project", "1.project"], [x], ratio={"0.project": 0.3,
+                                                                                       "1.project": 0.3},
+                        allocate="cost", **call)
