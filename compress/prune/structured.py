@@ -71,11 +71,19 @@ class StructuredPruneConfig(TechniqueConfig):
                               "removed, in (0, 1)")
     macs_ratio: float | None = Field(None, description="MACs budget: keep at most this fraction of the model's MACs, "
                                      "in (0, 1); give this or ratio")
-    importance: Literal["l1", "l2", "taylor", "bn_scale", "activation"] = Field(
+    importance: Literal["l1", "l2", "taylor", "bn_scale", "activation", "least_squares"] = Field(
         "l2", description="channel score: weight magnitude (l1, l2), first-order Taylor |g·w| on train batches, "
                           "BatchNorm scale (network slimming), or — transformers pruned by heads / mlp, no labels "
                           "needed — activation: each head's / MLP channel's contribution to the layer reading it "
-                          "on train inputs (`compress.prune.activation`)")
+                          "on train inputs (`compress.prune.activation`), or — CNNs, no labels needed — "
+                          "least_squares: the channels of selected layers that one pointwise layer reads (an "
+                          "inverted residual's or bottleneck's hidden channels) chosen by the least-squares error "
+                          "of that layer's block and the layer refit to the unpruned block on `reconstruct` train "
+                          "inputs (`compress.prune.reconstruct.prune_and_refit`)")
+    allocate: Literal["uniform", "cost"] = Field(
+        "uniform", description="least_squares: uniform removes `ratio` of every eligible layer's channels; cost "
+                               "removes `ratio` of the parameters those channels hold, where the least-squares error "
+                               "per parameter rises least (at most 60 % of a layer)")
     steps: int = Field(1, ge=1, le=100, description="iterative pruning steps, each removing an equal share")
     finetune_epochs: int = Field(0, ge=0, le=10_000, description="epochs of training on the train split after every step "
                                  "but the last")
@@ -87,7 +95,8 @@ class StructuredPruneConfig(TechniqueConfig):
                                          "default: the target's channel_multiple")
     reconstruct: int = Field(0, ge=0, le=100_000, description="transformers (heads / mlp): train samples on which "
                              "each layer reading pruned heads or channels is refit by least squares to the unpruned "
-                             "model's outputs (label-free, `compress.prune.reconstruct`); 0: off")
+                             "model's outputs (label-free, `compress.prune.reconstruct`); 0: off. importance "
+                             "least_squares: the train samples it chooses and refits on (needed)")
 
     @field_validator("ratio", "macs_ratio", "heads", "mlp")
     @classmethod
@@ -96,6 +105,21 @@ class StructuredPruneConfig(TechniqueConfig):
 
     @model_validator(mode="after")
     def _one_amount(self) -> StructuredPruneConfig:
+        if self.allocate != "uniform" and self.importance != "least_squares":
+            raise ValueError(f"allocate: {self.allocate} spreads the cut by least-squares cost; it needs importance: "
+                             "least_squares")
+        if self.importance == "least_squares":
+            wrong = [key for key, bad in (("heads / mlp", self.heads is not None or self.mlp is not None),
+                                          ("macs_ratio", self.macs_ratio is not None), ("steps", self.steps != 1))
+                     if bad]
+            if wrong or self.ratio is None or not self.reconstruct:
+                raise ValueError("importance least_squares prunes once, by a channel ratio, on train inputs: give "
+                                 "ratio and reconstruct (train samples, e.g. 512)"
+                                 + (f", without {', '.join(wrong)}" if wrong else ""))
+            if self.allocate == "cost" and self.ratio > 0.6:
+                raise ValueError("allocate: cost removes at most 60 % of any layer's channels, so ratio must be at "
+                                 "most 0.6")
+            return self
         if self.heads is not None or self.mlp is not None:
             if self.ratio is not None or self.macs_ratio is not None:
                 raise ValueError("give either heads / mlp (ratios per kind of transformer layer) or one of ratio / "
@@ -108,6 +132,12 @@ class StructuredPruneConfig(TechniqueConfig):
 
     def check_model(self, model: nn.Module, target: Any) -> None:
         _check_activation(self, model)
+        if self.importance == "least_squares":
+            if hasattr(model, "example_inputs"):
+                _least_squares_layers(model, tuple(model.example_inputs()), self)
+            else:
+                _layers(model, self)
+            return
         if _per_kind(self, model) is not None:
             if self.heads and not find_attention(model):
                 raise no_attention_error(model, where=WHERE)
@@ -228,8 +258,10 @@ class StructuredPrune(BaseTechnique):
     def apply(self, model: nn.Module, ctx: Context) -> Result:
         cfg = self.config
         example = _example(model, ctx)
-        kinds = _per_kind(cfg, model)
         _check_activation(cfg, model)
+        if cfg.importance == "least_squares":
+            return _least_squares(model, example, ctx, cfg, _multiple(cfg, ctx.target))
+        kinds = _per_kind(cfg, model)
         if kinds is None and cfg.reconstruct:
             raise EdgetierError("reconstruct refits the layers that read pruned attention heads or MLP channels; this "
                                 "model is pruned per layer", where=f"{WHERE}.reconstruct",
@@ -270,10 +302,64 @@ class StructuredPrune(BaseTechnique):
         return Result(model, report, state={"history": recorded})
 
     def restore(self, model: nn.Module, state: dict[str, Any], ctx: Context) -> Result:
+        if "least_squares" in state:
+            from compress.prune.reconstruct import remove_inputs
+
+            remove_inputs(model, _example(model, ctx), state["least_squares"], where=WHERE)
+            return Result(model, {}, state=state)
         if "mlp_layers" in state:  # pruned per kind (heads / mlp)
             return restore_blocks(model, _example(model, ctx), state, where=WHERE)
         replay(model, _example(model, ctx), state["history"], where=WHERE)
         return Result(model, {}, state=state)
+
+
+def _least_squares_layers(model: nn.Module, example: tuple[torch.Tensor, ...],
+                          config: StructuredPruneConfig) -> tuple[list[str], dict[str, str]]:
+    """The pointwise layers whose input channels importance least_squares cuts (made by a selected
+    layer, read by that pointwise layer alone), and the block each is matched to."""
+    from compress.prune.reconstruct import pointwise_readers
+
+    if _per_kind(config, model) is not None:
+        raise EdgetierError("importance least_squares cuts CNN channels that one pointwise layer reads; "
+                            f"{type(model).__name__} has query/key/value attention", where=f"{WHERE}.importance",
+                            fix="prune a transformer with heads / mlp, importance: activation and reconstruct")
+    prunable, _ignored, _classifiers = _layers(model, config, example)
+    layers, match = pointwise_readers(model, example, producers=prunable)
+    if not layers:
+        raise EdgetierError("importance least_squares found no selected layer whose output channels one pointwise "
+                            "layer (a 1x1 convolution or a Linear) reads alone: it cuts the hidden channels of "
+                            "inverted residual or bottleneck blocks, not a residual stream", where=f"{WHERE}.importance",
+                            fix="use importance l1 / l2 / taylor for this model, or select the layers inside its blocks")
+    return layers, match
+
+
+def _least_squares(model: nn.Module, example: tuple[torch.Tensor, ...], ctx: Context,
+                   cfg: StructuredPruneConfig, multiple: int | None) -> Result:
+    from compress.prune.blocks import _calibration
+    from compress.prune.reconstruct import prune_and_refit
+
+    layers, match = _least_squares_layers(model, example, cfg)
+    batches, _masks = _calibration(ctx, samples=cfg.reconstruct, why="importance least_squares chooses and refits "
+                                   "channels on train inputs", where=f"{WHERE}.reconstruct")
+    params0, macs0 = count_params(model), count_macs(model, example)
+    reference = copy.deepcopy(model).eval()
+    task = ctx.progress.task(f"{WHERE}: least-squares cut and refit", total=len(layers))
+
+    def log(name: str, _entry: dict[str, Any]) -> None:
+        if name != "allocate":
+            ctx.progress.advance(task)
+
+    report = prune_and_refit(model, reference, layers, batches, ratio=cfg.ratio or 0.0, example_inputs=example,
+                             match=match, multiple=multiple, allocate=cfg.allocate, log=log)
+    ctx.progress.done(task)
+    model.eval()
+    params1, macs1 = count_params(model), count_macs(model, example)
+    removed = [[name, entry.pop("removed"), entry.pop("bias_added", False)] for name, entry in report.items()]
+    return Result(model, {
+        "ratio": cfg.ratio, "importance": "least_squares", "allocate": cfg.allocate, "samples": cfg.reconstruct,
+        "channel_multiple": multiple, "params": [params0, params1], "macs": [macs0, macs1],
+        "params_fraction": round(params1 / params0, 4), "macs_fraction": round(macs1 / macs0, 4),
+        "layers": report}, state={"least_squares": removed})
 
 
 def _per_kind(config: StructuredPruneConfig, model: nn.Module) -> tuple[float | None, float | None] | None:

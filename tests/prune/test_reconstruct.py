@@ -15,6 +15,7 @@ from torch import nn
 
 from compress.core.context import Context
 from compress.core.errors import EdgetierError
+from compress.datasets.base import Dataset, Split
 from compress.prune.reconstruct import prune_and_refit, refit_linears
 from compress.prune.structured import StructuredPrune, StructuredPruneConfig
 from tests.hf.tiny import tiny_bert, tiny_vision, token_batch, token_dataset
@@ -378,3 +379,60 @@ def test_cost_allocation_refuses_what_it_cannot_spread():
         prune_and_refit(_chain(2), _chain(2), ["0.project", "1.project"], [x], ratio={"0.project": 0.3,
                                                                                        "1.project": 0.3},
                         allocate="cost", **call)
+
+
+def _digits_dataset(images: torch.Tensor) -> Dataset:
+    x = images.numpy()
+    split = Split(x[:1400], np.zeros(1400, dtype=np.int64))  # labels unused: least squares needs none
+    held = Split(x[1400:], np.zeros(len(x) - 1400, dtype=np.int64))
+    return Dataset(name="digits-pixels", train=split, val=held, test=held, calib=held, input_shape=(1, 8, 8),
+                   num_classes=10, labels=tuple(str(i) for i in range(10)))
+
+
+def test_structured_prune_least_squares_is_prune_and_refit_on_the_blocks_it_finds(trained_mobilenet):
+    """`importance: least_squares` (the recipe's way in) finds MobileNetV2's cuttable layers itself
+    (every inverted residual's projection, matched to its block; the stem's, the head's and the
+    classifier's inputs too), gives the model `prune_and_refit` gives on those layers, and its saved
+    state redoes the cut on a fresh model so that the weights load (resume, bundles)."""
+    from compress.prune.reconstruct import pointwise_readers
+
+    reference, images = trained_mobilenet
+    wrapped = _PixelValues(copy.deepcopy(reference)).eval()
+    example = (images[:1],)
+    ctx = Context(example_inputs=example, data=_digits_dataset(images), seed=0)
+    cfg = StructuredPruneConfig(ratio=0.3, importance="least_squares", reconstruct=256, allocate="cost")
+    result = StructuredPrune(cfg).apply(wrapped, ctx)
+    layers, match = pointwise_readers(_PixelValues(reference).eval(), example)
+    blocks = [f"model.mobilenet_v2.layer.{i}" for i in range(len(reference.mobilenet_v2.layer))]
+    assert {f"{b}.reduce_1x1.convolution": b for b in blocks}.items() <= match.items()
+    assert {"model.mobilenet_v2.conv_1x1.convolution", "model.classifier"} <= set(layers)
+    assert list(result.report["layers"]) == layers
+    # the same call by hand, on the same 256 train rows (drawn with the run's seed)
+    rows = np.sort(np.random.default_rng(0).permutation(1400)[:256])
+    by_hand = _PixelValues(copy.deepcopy(reference)).eval()
+    prune_and_refit(by_hand, _PixelValues(reference).eval(), layers, [(images[rows[i:i + 32]],) for i in range(0, 256, 32)],
+                    ratio=0.3, example_inputs=example, match=match, allocate="cost")
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(images[1400:]), by_hand(images[1400:]), rtol=1e-4, atol=1e-4)
+    assert result.report["params_fraction"] < 0.8
+    fresh = _PixelValues(copy.deepcopy(reference)).eval()
+    StructuredPrune(cfg).restore(fresh, result.state, ctx)
+    fresh.load_state_dict(wrapped.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(images[1400:]), wrapped(images[1400:]), rtol=0, atol=0)
+
+
+def test_least_squares_importance_says_what_it_needs():
+    with pytest.raises(ValueError, match="give ratio and reconstruct"):
+        StructuredPruneConfig(ratio=0.3, importance="least_squares")
+    with pytest.raises(ValueError, match="without macs_ratio"):
+        StructuredPruneConfig(macs_ratio=0.5, importance="least_squares", reconstruct=64)
+    with pytest.raises(ValueError, match="allocate: cost .* needs importance: least_squares"):
+        StructuredPruneConfig(ratio=0.3, allocate="cost")
+    with pytest.raises(ValueError, match="at most 0.6"):
+        StructuredPruneConfig(ratio=0.7, importance="least_squares", reconstruct=64, allocate="cost")
+    plain = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))  # no 1x1 convolution or Linear
+    x = (torch.zeros(1, 1, 8, 8),)
+    cfg = StructuredPruneConfig(ratio=0.3, importance="least_squares", reconstruct=64)
+    with pytest.raises(EdgetierError, match="found no selected layer whose output channels one pointwise"):
+        StructuredPrune(cfg).apply(plain, Context(example_inputs=x))

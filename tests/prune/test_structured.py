@@ -232,7 +232,7 @@ def test_importances_choose_different_channels(small, digits) -> None:
     ({"macs_ratio": 1.0}, "macs_ratio must be strictly between 0 and 1"),
     ({}, "give exactly one of ratio"),
     ({"ratio": 0.5, "macs_ratio": 0.3}, "give exactly one of ratio"),
-    ({"ratio": 0.5, "importance": "l3"}, "'l1', 'l2', 'taylor', 'bn_scale' or 'activation'"),
+    ({"ratio": 0.5, "importance": "l3"}, "'l1', 'l2', 'taylor', 'bn_scale', 'activation' or 'least_squares'"),
 ])
 def test_bad_values_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
