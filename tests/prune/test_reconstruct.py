@@ -494,3 +494,18 @@ def _write(path: Path, recipe: dict[str, Any]) -> Path:
 
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+def test_a_recorded_cut_that_does_not_fit_the_model_is_refused():
+    """`remove_inputs` redoes a recorded cut (resume, bundles); on another model it names the layer."""
+    from compress.prune.reconstruct import remove_inputs
+
+    x = (torch.randn(16, 4, 6, 6),)
+    model = _chain()
+    report = prune_and_refit(model, _chain(), ["2.project"], [x], ratio=0.25, example_inputs=x, match={"2.project": "2"})
+    record = [["2.project", report["2.project"]["removed"], False]]
+    again = _chain()
+    remove_inputs(again, x, record, where="structured_prune")
+    again.load_state_dict(model.state_dict())  # the same shapes: the saved weights load
+    with pytest.raises(EdgetierError, match="structured_prune: the recorded least-squares cut of '2.project' does not fit"):
+        remove_inputs(_chain(blocks=2), x, record, where="structured_prune")
