@@ -3,6 +3,7 @@ the hooks from `Result.state`, then the checkpointed weights load without a size
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -12,6 +13,8 @@ from torch import nn
 import compress
 from compress.core.config import TechniqueConfig
 from compress.core.technique import BaseTechnique, Hooks, HookSet, Result
+from compress.pipeline import RunResult
+from compress.recipe import Recipe
 from compress.registry import REGISTRY
 from export.manifest import sha256_file
 
@@ -61,6 +64,17 @@ class Crash(BaseTechnique):
         return Result(model)
 
 
+def interrupt_and_resume(recipe: Recipe, out_dir: Path, crash: type) -> tuple[RunResult, list[str]]:
+    """Run `recipe` into `out_dir` with `crash` (a stage class with an `armed` flag) armed, so that the
+    run stops with KeyboardInterrupt in that stage, then resume it; the resumed result and its log."""
+    crash.armed = True
+    with pytest.raises(KeyboardInterrupt):
+        compress.run(recipe, out_dir=out_dir)
+    crash.armed = False
+    logs: list[str] = []
+    return compress.run(recipe, out_dir=out_dir, resume=True, log=logs.append), logs
+
+
 @pytest.fixture
 def registered(monkeypatch):
     monkeypatch.setitem(REGISTRY, "test_widen", Widen)
@@ -79,13 +93,8 @@ def test_resume_restores_structure_and_hooks(registered, tiny_recipe, write_reci
 
     Crash.armed = False
     whole = compress.run(recipe, out_dir=tmp_path / "a")
-    Crash.armed = True
-    with pytest.raises(KeyboardInterrupt):
-        compress.run(recipe, out_dir=tmp_path / "b")
-    Crash.armed = False
-    CALLS.clear()
-    logs: list[str] = []
-    resumed = compress.run(recipe, out_dir=tmp_path / "b", resume=True, log=logs.append)
+    CALLS.clear()  # the interrupted run trains "widen" too; only the resumed run's calls count below
+    resumed, logs = interrupt_and_resume(recipe, tmp_path / "b", Crash)
 
     assert any("resuming after stage 'widen'" in line for line in logs)
     # the restored hook runs in the later stage's training (one call per optimizer step)

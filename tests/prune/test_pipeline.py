@@ -14,6 +14,7 @@ from compress.core.config import TechniqueConfig
 from compress.core.technique import BaseTechnique, Result
 from compress.registry import REGISTRY
 from export.manifest import sha256_file
+from tests.test_resume_restore import interrupt_and_resume
 
 
 class CrashConfig(TechniqueConfig):
@@ -68,12 +69,7 @@ def test_resume_after_pruning_stages_gives_the_same_files(recipe, tmp_path) -> N
 
     (tmp_path / "b" / "tiny" / "checkpoints").mkdir(parents=True)
     shutil.copy(tmp_path / "a" / "tiny" / "checkpoints" / "cloud.pt", tmp_path / "b" / "tiny" / "checkpoints")
-    Crash.armed = True
-    with pytest.raises(KeyboardInterrupt):
-        compress.run(recipe, out_dir=tmp_path / "b")
-    Crash.armed = False
-    logs: list[str] = []
-    resumed = compress.run(recipe, out_dir=tmp_path / "b", resume=True, log=logs.append)
+    resumed, logs = interrupt_and_resume(recipe, tmp_path / "b", Crash)
     assert any("end: resuming after stage 'weights'" in line for line in logs)
     assert any("edge: resuming after stage 'tune'" in line for line in logs)
     for name in ("edge", "end"):  # the end target runs LiteRT, the edge target onnxruntime: both files must match

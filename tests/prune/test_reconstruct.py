@@ -449,7 +449,7 @@ def test_a_recipe_cuts_a_hugging_face_mobilenet_by_least_squares_and_resumes_aft
     from compress.datasets import load
     from compress.registry import REGISTRY
     from export.manifest import sha256_file
-    from tests.test_resume_restore import Crash
+    from tests.test_resume_restore import Crash, interrupt_and_resume
 
     monkeypatch.setitem(REGISTRY, "test_crash", Crash)
     data = load("digits", seed=0)
@@ -479,12 +479,7 @@ def test_a_recipe_cuts_a_hugging_face_mobilenet_by_least_squares_and_resumes_aft
     # measured: 150 steps give 0.706 test accuracy, the cut (params 0.615x) 0.703; a broken refit
     # (wrong channels, no refit) falls far below (the MobileNetV2 tests above: 40 points of agreement)
     assert edge["accuracy"] >= cloud["accuracy"] - 0.05
-    Crash.armed = True
-    with pytest.raises(KeyboardInterrupt):
-        compress.run(recipe, out_dir=tmp_path / "b")
-    Crash.armed = False
-    logs: list[str] = []
-    resumed = compress.run(recipe, out_dir=tmp_path / "b", resume=True, log=logs.append)
+    resumed, logs = interrupt_and_resume(recipe, tmp_path / "b", Crash)
     assert any("resuming after stage 'cut'" in line for line in logs)
     assert sha256_file(resumed.bundles["edge"] / "model.onnx") == sha256_file(whole.bundles["edge"] / "model.onnx")
 
