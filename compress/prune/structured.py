@@ -14,6 +14,13 @@ share of every attention module's heads removed whole, and of every MLP hidden l
 A `ratio` on a model with query/key/value attention (Hugging Face BERT, ViT) means the same ratio
 for both; the residual stream keeps its width either way.
 
+`importance: least_squares` (CNNs, label-free) cuts only channels that one pointwise layer reads —
+an inverted residual's or a bottleneck's hidden channels, made by a selected layer — choosing them
+by the least-squares error of the reading layer's block and refitting that layer to the unpruned
+block on `reconstruct` train inputs (`compress.prune.reconstruct`); `allocate: cost` spreads `ratio`
+of those channels' parameters where that error rises least. Its `state` records the channels each
+layer lost, and `restore` cuts them again.
+
 Resume: `state` holds torch-pruning's pruning history (layer names and channel indices);
 `restore` replays it on a fresh copy of the unpruned model, after which the saved weights load.
 """
