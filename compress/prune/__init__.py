@@ -10,5 +10,6 @@ Each technique is a config plus a technique class, registered in `compress.regis
 
 `masks` holds what the three weight-level techniques share; `graph` the torch-pruning wiring;
 `reconstruct` the label-free least-squares repair (`refit_linears`, and `prune_and_refit`, which
-also chooses the channels a pointwise layer reads by their least-squares cost).
+also chooses the channels a pointwise layer reads by their least-squares cost); `refit_layers`
+which layers that cut applies to in a model, and redoing a recorded cut.
 """

@@ -310,7 +310,7 @@ class StructuredPrune(BaseTechnique):
 
     def restore(self, model: nn.Module, state: dict[str, Any], ctx: Context) -> Result:
         if "least_squares" in state:
-            from compress.prune.reconstruct import remove_inputs
+            from compress.prune.refit_layers import remove_inputs
 
             remove_inputs(model, _example(model, ctx), state["least_squares"], where=WHERE)
             return Result(model, {}, state=state)
@@ -324,7 +324,7 @@ def _least_squares_layers(model: nn.Module, example: tuple[torch.Tensor, ...],
                           config: StructuredPruneConfig) -> tuple[list[str], dict[str, str]]:
     """The pointwise layers whose input channels importance least_squares cuts (made by a selected
     layer, read by that pointwise layer alone), and the block each is matched to."""
-    from compress.prune.reconstruct import pointwise_readers
+    from compress.prune.refit_layers import pointwise_readers
 
     if _per_kind(config, model) is not None:
         raise EdgetierError("importance least_squares cuts CNN channels that one pointwise layer reads; "
