@@ -396,7 +396,7 @@ def test_structured_prune_least_squares_is_prune_and_refit_on_the_blocks_it_find
     (every inverted residual's projection, matched to its block; the stem's, the head's and the
     classifier's inputs too), gives the model `prune_and_refit` gives on those layers, and its saved
     state redoes the cut on a fresh model so that the weights load (resume, bundles)."""
-    from compress.prune.reconstruct import pointwise_readers
+    from compress.prune.refit_layers import pointwise_readers
 
     reference, images = trained_mobilenet
     wrapped = _PixelValues(copy.deepcopy(reference)).eval()
@@ -493,7 +493,7 @@ def _write(path: Path, recipe: dict[str, Any]) -> Path:
 
 def test_a_recorded_cut_that_does_not_fit_the_model_is_refused():
     """`remove_inputs` redoes a recorded cut (resume, bundles); on another model it names the layer."""
-    from compress.prune.reconstruct import remove_inputs
+    from compress.prune.refit_layers import remove_inputs
 
     x = (torch.randn(16, 4, 6, 6),)
     model = _chain()
